@@ -1,0 +1,1 @@
+"""vip-agent: highly available VIPs for Kubernetes with keepalived and haproxy."""

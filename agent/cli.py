@@ -1,0 +1,151 @@
+"""The ``vip-agent`` command: each subcommand only wires the parts together."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import render as render_mod
+from agent import settings as settings_mod
+from agent.settings import Settings, SettingsError
+from agent.sources.manifests import ManifestError, load_snapshot
+from agent.translate import translate
+
+F = Callable[..., Any]
+
+
+def settings_options(func: F) -> F:
+    """One click option per Settings field; None means 'not given on the command line'."""
+    for f in reversed(settings_mod.fields()):
+        scalar, is_tuple = settings_mod.field_type(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['doc']} [env {settings_mod.ENV_PREFIX}{f.name.upper()}]"
+        if scalar is bool:
+            option = click.option(
+                f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text
+            )
+        elif is_tuple:
+            option = click.option(
+                flag, f.name, multiple=True, help=help_text + " (repeat or comma-separate)"
+            )
+        else:
+            option = click.option(flag, f.name, type=scalar, default=None, help=help_text)
+        func = option(func)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"YAML settings file [default {settings_mod.DEFAULT_CONFIG_FILE} when present].",
+    )(func)
+
+
+def load_settings(config_file: str | None, flags: dict[str, Any]) -> Settings:
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    for name, value in list(given.items()):
+        if isinstance(value, tuple):
+            given[name] = ",".join(value)
+    return settings_mod.load(flags=given, environ=os.environ, config_file=config_file)
+
+
+def node_name_of(settings: Settings) -> str:
+    return settings.node_name or socket.gethostname().split(".")[0].lower()
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def template_dirs(settings: Settings) -> list[Path]:
+    dirs = [Path(settings.templates)] if settings.templates else []
+    return [*dirs, render_mod.default_template_dir()]
+
+
+@click.group()
+@click.version_option(package_name="vip-agent")
+def main() -> None:
+    """Highly available VIPs for Kubernetes with keepalived (VRRP + IPVS) and haproxy."""
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Render only: no daemons, no root, no /etc writes.")
+@click.option(
+    "--manifests",
+    multiple=True,
+    metavar="PATH",
+    help="YAML/JSON file, directory of them, or - for stdin (kubectl get -o yaml output).",
+)
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), default=None, help="Write files here."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 when any input was rejected.")
+@settings_options
+def render(
+    dry_run: bool,
+    manifests: tuple[str, ...],
+    output_dir: str | None,
+    strict: bool,
+    config_file: str | None,
+    **flags: Any,
+) -> None:
+    """Render keepalived.conf and haproxy.cfg once, from manifest files."""
+    if not dry_run:
+        fail("render needs --dry-run (vip-agent run applies configuration)")
+    if not manifests:
+        fail("--manifests PATH is required (a file, a directory or -)")
+    try:
+        settings = load_settings(config_file, flags)
+        snapshot = load_snapshot(manifests)
+    except (SettingsError, ManifestError) as err:
+        fail(str(err))
+        return
+    if settings.interface is None:
+        fail("setting interface is required for a dry run (--interface or VIP_AGENT_INTERFACE)")
+        return
+    state = translate(
+        snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
+    )
+    try:
+        files = render_mod.render(state, template_dirs(settings))
+    except render_mod.RenderError as err:
+        fail(str(err))
+        return
+    for rejection in state.rejections:
+        click.echo(f"rejected: {rejection}", err=True)
+    if output_dir:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            # keepalived.conf may hold a VRRP password: never world-readable
+            path = out / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                stream.write(text)
+    else:
+        for name, text in files.items():
+            click.echo(f"# ==> {name} <==")
+            click.echo(text, nl=False)
+    if strict and state.rejections:
+        sys.exit(1)
+
+
+@main.command("settings")
+@settings_options
+def show_settings(config_file: str | None, **flags: Any) -> None:
+    """Print the effective settings (secrets redacted) as YAML."""
+    import yaml
+
+    try:
+        settings = load_settings(config_file, flags)
+    except SettingsError as err:
+        fail(str(err))
+        return
+    data = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.redacted().items()}
+    click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)

@@ -1,0 +1,175 @@
+"""Pure rendering: DesiredState + template directories -> {file name: text}.
+
+Python turns the model into plain, final strings (addresses formatted,
+names chosen, numbers in range); the templates only loop and branch.  Every
+string handed to a template is checked once more against a conservative
+character set, so even a translation bug cannot put a newline, a brace, a
+quote or a comment character into keepalived.conf or haproxy.cfg.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from agent.model import (
+    ApiserverProxy,
+    DesiredState,
+    IPAddress,
+    ProxyListener,
+    TrackFile,
+    VirtualServer,
+    VrrpInstance,
+)
+
+KEEPALIVED_TEMPLATE = "keepalived.conf.j2"
+HAPROXY_TEMPLATE = "haproxy.cfg.j2"
+OUTPUTS = {"keepalived.conf": KEEPALIVED_TEMPLATE, "haproxy.cfg": HAPROXY_TEMPLATE}
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:/@=,\[\] -]*$")
+
+
+class RenderError(RuntimeError):
+    """A template is broken, or a value is unsafe to write into a config file."""
+
+
+def default_template_dir() -> Path:
+    """Packaged templates (wheel) or the checkout's top-level templates/ (editable)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / KEEPALIVED_TEMPLATE).is_file():
+            return candidate
+    raise RenderError(f"no templates found beside {here}")
+
+
+def _safe(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not _SAFE.match(text):
+        raise RenderError(f"refusing to render unsafe value {text!r}")
+    return text
+
+
+def _num(value: float) -> str:
+    return format(value, "g")
+
+
+def _host(address: IPAddress) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _prefix(address: IPAddress) -> str:
+    return f"{address}/{address.max_prefixlen}"
+
+
+def _instance(inst: VrrpInstance) -> dict[str, Any]:
+    return {
+        "name": _safe(inst.name),
+        "owners": [_safe(o) for o in inst.owners],
+        "interface": _safe(inst.interface),
+        "virtual_router_id": inst.virtual_router_id,
+        "priority": inst.priority,
+        "advert_int": _num(inst.advert_int),
+        "version": inst.version,
+        "garp_master_delay": inst.garp_master_delay,
+        "auth_pass": _safe(inst.auth_pass) if inst.auth_pass else None,
+        "unicast_src": str(inst.unicast_src) if inst.unicast_src else None,
+        "unicast_peers": [str(p) for p in inst.unicast_peers],
+        "track_interfaces": [_safe(i) for i in inst.track_interfaces],
+        "track_file": _safe(inst.track_file) if inst.track_file else None,
+        "vips": [_prefix(v) for v in inst.vips],
+        "vips_excluded": [_prefix(v) for v in inst.excluded_vips],
+    }
+
+
+def _virtual_server(vs: VirtualServer) -> dict[str, Any]:
+    return {
+        "vip": str(vs.vip),
+        "port": vs.port,
+        "protocol": vs.protocol.value,
+        "lb_kind": vs.method.value,
+        "lb_algo": _safe(vs.scheduler),
+        "persistence_timeout": vs.persistence_timeout,
+        "check": vs.health_check.value,
+        "delay_loop": vs.delay_loop,
+        "service": _safe(vs.service),
+        "real_servers": [
+            {"address": str(rs.address), "port": rs.port, "weight": rs.weight}
+            for rs in vs.real_servers
+        ],
+    }
+
+
+def _listener(listener: ProxyListener) -> dict[str, Any]:
+    return {
+        "name": _safe(listener.name),
+        "bind": f"{_host(listener.vip)}:{listener.port}",
+        "service": _safe(listener.service),
+        "servers": [
+            {"name": _safe(s.name), "address": f"{_host(s.address)}:{s.port}"}
+            for s in listener.servers
+        ],
+    }
+
+
+def _apiserver(api: ApiserverProxy) -> dict[str, Any]:
+    verify = f"verify required ca-file {_safe(api.ca_file)}" if api.ca_file else "verify none"
+    return {
+        "bind": f"{_host(api.vip)}:{api.port}",
+        "verify": verify,
+        "inter": f"{api.check_inter_ms}ms",
+        "fastinter": f"{api.check_fastinter_ms}ms",
+        "downinter": f"{api.check_downinter_ms}ms",
+        "fall": api.check_fall,
+        "rise": api.check_rise,
+        "servers": [
+            {"name": _safe(s.name), "address": f"{_host(s.address)}:{s.port}"} for s in api.servers
+        ],
+    }
+
+
+def _track_file(track: TrackFile) -> dict[str, Any]:
+    return {"name": _safe(track.name), "path": _safe(track.path), "weight": track.weight}
+
+
+def context(state: DesiredState) -> dict[str, Any]:
+    """The plain values the templates see."""
+    return {
+        "router_id": _safe(state.router_id),
+        "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
+        "track_files": [_track_file(t) for t in state.track_files],
+        "instances": [_instance(i) for i in state.instances],
+        "virtual_servers": [_virtual_server(v) for v in state.virtual_servers],
+        "listeners": [_listener(x) for x in state.listeners],
+        "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
+        "stats_socket": _safe(state.haproxy_stats_socket),
+        "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",
+    }
+
+
+def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
+    """One explicit environment per render: a user's directory first, packaged ones after."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in template_dirs]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(state: DesiredState, template_dirs: Sequence[Path]) -> dict[str, str]:
+    env = environment(template_dirs)
+    values = context(state)
+    out: dict[str, str] = {}
+    for name, template in OUTPUTS.items():
+        try:
+            out[name] = env.get_template(template).render(values)
+        except jinja2.TemplateError as err:
+            where = f":{err.lineno}" if isinstance(err, jinja2.TemplateSyntaxError) else ""
+            raise RenderError(f"template {template}{where}: {err}") from err
+    return out
