@@ -40,7 +40,9 @@ def _check(argv: Sequence[str], runner: Runner, timeout: float) -> CheckResult:
     return CheckResult(done.returncode == 0, output)
 
 
-def keepalived_argv(path: Path, *, binary: str = "keepalived", netns: str | None = None) -> list[str]:
+def keepalived_argv(
+    path: Path, *, binary: str = "keepalived", netns: str | None = None
+) -> list[str]:
     argv = [binary, "--config-test", "--use-file", str(path)]
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 

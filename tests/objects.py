@@ -19,7 +19,9 @@ def node(name: str, *addresses: str, control_plane: bool = False, **labels: str)
     }
 
 
-def configmap(data: dict[str, str], namespace: str = "kube-system", name: str = "vip-configmap") -> Obj:
+def configmap(
+    data: dict[str, str], namespace: str = "kube-system", name: str = "vip-configmap"
+) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -38,7 +40,12 @@ def service(
     meta: Obj = {"name": name, "namespace": namespace}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"ports": ports, **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"ports": ports, **spec},
+    }
 
 
 def port(name: str, number: int, target: int | str | None = None, protocol: str = "TCP") -> Obj:
@@ -48,7 +55,9 @@ def port(name: str, number: int, target: int | str | None = None, protocol: str 
     return out
 
 
-def endpoint(address: str, ready: bool | None = True, node_name: str | None = None, **cond: bool) -> Obj:
+def endpoint(
+    address: str, ready: bool | None = True, node_name: str | None = None, **cond: bool
+) -> Obj:
     conditions: Obj = dict(cond)
     if ready is not None:
         conditions["ready"] = ready
@@ -81,7 +90,11 @@ def endpoint_slice(
 
 
 def core_endpoints(
-    name: str, addresses: list[str], ports: list[Obj], namespace: str = "default", not_ready: list[str] | None = None
+    name: str,
+    addresses: list[str],
+    ports: list[Obj],
+    namespace: str = "default",
+    not_ready: list[str] | None = None,
 ) -> Obj:
     return {
         "apiVersion": "v1",

@@ -61,7 +61,9 @@ def rendered(case: str) -> dict[str, str]:
     settings = Settings(**CASES[case])
     snapshot = load_snapshot([str(EXAMPLES / "cluster.yaml")])
     assert settings.node_name and settings.interface
-    state = translate(snapshot, settings, node_name=settings.node_name, interface=settings.interface)
+    state = translate(
+        snapshot, settings, node_name=settings.node_name, interface=settings.interface
+    )
     return render.render(state, [render.default_template_dir()])
 
 
@@ -87,9 +89,22 @@ def golden_ca() -> str:
     ca.parent.mkdir(parents=True, exist_ok=True)
     if not ca.is_file():
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-             "-subj", "/CN=vip-agent-test-ca", "-keyout", str(ca.with_suffix(".key")),
-             "-out", str(ca)],
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=vip-agent-test-ca",
+                "-keyout",
+                str(ca.with_suffix(".key")),
+                "-out",
+                str(ca),
+            ],
             check=True,
             capture_output=True,
         )

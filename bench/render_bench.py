@@ -1,0 +1,156 @@
+"""Dry-run render time and peak RSS on generated clusters.
+
+For each size N it writes a cluster of N Services x 4 ready endpoints (each with a VIP in
+the vip-configmap, NAT, one TCP port) plus 5 nodes, as one `kubectl get -o yaml` List, then
+runs `vip-agent render --dry-run` in a fresh process (the way an operator runs it) and
+reports wall time, the interpreter start-up it includes, and the child's peak RSS.
+
+    python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+V4_POOLS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+
+
+def vip(i: int) -> str:
+    hosts = [h for net in V4_POOLS for h in list(net.hosts())[1:]]
+    if i < len(hosts):
+        return str(hosts[i])
+    return str(ipaddress.ip_address("2001:db8:0:1::") + i)
+
+
+def cluster(n: int) -> dict[str, object]:
+    items: list[dict[str, object]] = []
+    for k in range(5):
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": f"node-{k}", "labels": {}},
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": f"198.51.100.{200 + k}"},
+                        {"type": "InternalIP", "address": f"2001:db8:1::{200 + k}"},
+                    ]
+                },
+            }
+        )
+    data: dict[str, str] = {}
+    for i in range(n):
+        name = f"svc-{i}"
+        address = vip(i)
+        family = ipaddress.ip_address(address).version
+        data[address.replace(":", "-")] = f"bench/{name}"
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": "bench"},
+                "spec": {
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]
+                },
+            }
+        )
+        if family == 4:
+            eps = [f"203.0.113.{1 + (i * 4 + j) % 250}" for j in range(4)]
+        else:
+            eps = [str(ipaddress.ip_address("2001:db8:2::") + i * 4 + j) for j in range(4)]
+        items.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-abcde",
+                    "namespace": "bench",
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": f"IPv{family}",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [
+                    {"addresses": [e], "conditions": {"ready": True}, "nodeName": f"node-{j}"}
+                    for j, e in enumerate(eps)
+                ],
+            }
+        )
+    items.append(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "vip-configmap", "namespace": "kube-system"},
+            "data": data,
+        }
+    )
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def run_once(argv: list[str]) -> tuple[float, int]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    agent = str(Path(sys.executable).with_name("vip-agent"))
+    startup = min(run_once([sys.executable, "-c", "pass"])[0] for _ in range(5))
+    imports = min(run_once([sys.executable, "-c", "import agent.cli"])[0] for _ in range(3))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"interpreter start-up: {startup * 1000:.0f} ms; start-up + imports: {imports * 1000:.0f} ms"
+    )
+    print(
+        f"{'services':>9} {'yaml MB':>8} {'wall p50 s':>11} {'beyond start-up s':>18} {'peak RSS MB':>12}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(s) for s in args.sizes.split(",")):
+            path = Path(tmp) / f"cluster-{n}.yaml"
+            path.write_text(yaml.safe_dump(cluster(n), sort_keys=False), encoding="utf-8")
+            out = Path(tmp) / f"out-{n}"
+            argv = [
+                agent,
+                "render",
+                "--dry-run",
+                "--manifests",
+                str(path),
+                "--node-name",
+                "node-0",
+                "--interface",
+                "eth0",
+                "--spread",
+                "--unicast",
+                "--output-dir",
+                str(out),
+            ]
+            runs = [run_once(argv) for _ in range(args.repeat)]
+            wall = statistics.median(r[0] for r in runs)
+            rss = max(r[1] for r in runs)
+            size = path.stat().st_size / 1e6
+            print(f"{n:>9} {size:>8.1f} {wall:>11.3f} {wall - startup:>18.3f} {rss / 1e6:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()
