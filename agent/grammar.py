@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from agent.model import IPAddress
 
@@ -34,13 +35,20 @@ IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
 def parse_ip(text: object) -> IPAddress:
-    """An IPv4 or IPv6 address, strictly: no prefix, no zone, no surrounding blanks."""
-    if not isinstance(text, str) or text != text.strip() or "%" in text or "/" in text:
-        raise ValueError(f"{text!r} is not an IP address")
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
+    """An IPv4 or IPv6 address, strictly: no prefix, no zone, no surrounding blanks.
+
+    inet_pton does the parsing (several times faster than ipaddress on the
+    tens of thousands of endpoint addresses of a large cluster); like
+    ipaddress it rejects leading zeros, which some parsers read as octal.
+    """
+    if isinstance(text, str) and text.isascii() and "%" not in text:
+        try:
+            if ":" in text:
+                return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+            return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        except (OSError, ValueError):
+            pass
+    raise ValueError(f"{text!r} is not an IP address")
 
 
 def parse_port(value: object) -> int:

@@ -14,6 +14,7 @@ where it came from, before anything is rendered.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import types
@@ -255,7 +256,7 @@ class Settings:
         namespace, _, name = self.configmap.partition("/")
         return namespace, name
 
-    @property
+    @functools.cached_property
     def hashed_vrids(self) -> tuple[int, ...]:
         """The ids per-VIP instances are hashed into: the range less the two fixed ids."""
         low, _, high = self.virtual_router_id_range.partition("-")

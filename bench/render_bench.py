@@ -3,7 +3,8 @@
 For each size N it writes a cluster of N Services x 4 ready endpoints (each with a VIP in
 the vip-configmap, NAT, one TCP port) plus 5 nodes, as one `kubectl get -o yaml` List, then
 runs `vip-agent render --dry-run` in a fresh process (the way an operator runs it) and
-reports wall time, the interpreter start-up it includes, and the child's peak RSS.
+reports wall time, the interpreter start-up it includes, and the child's peak RSS, once
+for `-o yaml` input and once for `-o json` input (the same objects).
 
     python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3]
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,10 +28,12 @@ import yaml
 V4_POOLS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
+V4_HOSTS = [h for net in V4_POOLS for h in list(net.hosts())[1:]]
+
+
 def vip(i: int) -> str:
-    hosts = [h for net in V4_POOLS for h in list(net.hosts())[1:]]
-    if i < len(hosts):
-        return str(hosts[i])
+    if i < len(V4_HOSTS):
+        return str(V4_HOSTS[i])
     return str(ipaddress.ip_address("2001:db8:0:1::") + i)
 
 
@@ -98,58 +101,73 @@ def cluster(n: int) -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
+# The measured process reports its own peak RSS as it exits.
+REPORT_RSS = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: sys.stderr.write("
+    "f'maxrss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+    "sys.argv[0] = 'vip-agent'\n"
+    "from agent.cli import main\n"
+    "main()\n"
+)
+
+
 def run_once(argv: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return elapsed, usage.ru_maxrss * 1024
+    if done.returncode != 0:
+        raise SystemExit(f"{argv} failed: {done.stderr}")
+    peak = [int(line.split("=")[1]) for line in done.stderr.splitlines() if "maxrss_kb=" in line]
+    return elapsed, (peak[-1] * 1024 if peak else 0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--generate", nargs=3, metavar=("N", "FORMAT", "PATH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
-    agent = str(Path(sys.executable).with_name("vip-agent"))
+    if args.generate:
+        n, fmt, out_path = args.generate
+        objects = cluster(int(n))
+        text = yaml.safe_dump(objects, sort_keys=False) if fmt == "yaml" else json.dumps(objects)
+        Path(out_path).write_text(text, encoding="utf-8")
+        return
     startup = min(run_once([sys.executable, "-c", "pass"])[0] for _ in range(5))
-    imports = min(run_once([sys.executable, "-c", "import agent.cli"])[0] for _ in range(3))
+    imports = min(run_once([sys.executable, "-c", REPORT_RSS, "--help"])[0] for _ in range(3))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    print(f"interpreter start-up: {startup * 1000:.0f} ms; with imports: {imports * 1000:.0f} ms")
     print(
-        f"interpreter start-up: {startup * 1000:.0f} ms; start-up + imports: {imports * 1000:.0f} ms"
-    )
-    print(
-        f"{'services':>9} {'yaml MB':>8} {'wall p50 s':>11} {'beyond start-up s':>18} {'peak RSS MB':>12}"
+        f"{'services':>9} {'input':>6} {'MB':>5} {'wall p50 s':>11} {'beyond start-up s':>18} "
+        f"{'peak RSS MB':>12}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (int(s) for s in args.sizes.split(",")):
-            path = Path(tmp) / f"cluster-{n}.yaml"
-            path.write_text(yaml.safe_dump(cluster(n), sort_keys=False), encoding="utf-8")
+        for n, fmt in ((int(s), f) for s in args.sizes.split(",") for f in ("yaml", "json")):
+            path = Path(tmp) / f"cluster-{n}.{fmt}"
+            # Generated in a child: this process stays small, because a fork of a large
+            # parent counts the parent's pages in the child's peak RSS (it survives exec).
+            subprocess.run(
+                [sys.executable, __file__, "--generate", str(n), fmt, str(path)], check=True
+            )
             out = Path(tmp) / f"out-{n}"
             argv = [
-                agent,
-                "render",
-                "--dry-run",
-                "--manifests",
-                str(path),
-                "--node-name",
-                "node-0",
-                "--interface",
-                "eth0",
-                "--spread",
-                "--unicast",
-                "--output-dir",
-                str(out),
-            ]
+                *(sys.executable, "-c", REPORT_RSS, "render", "--dry-run"),
+                *("--manifests", str(path), "--node-name", "node-0", "--interface", "eth0"),
+                *("--spread", "--unicast", "--output-dir", str(out)),
+            ]  # fmt: skip
             runs = [run_once(argv) for _ in range(args.repeat)]
             wall = statistics.median(r[0] for r in runs)
             rss = max(r[1] for r in runs)
             size = path.stat().st_size / 1e6
-            print(f"{n:>9} {size:>8.1f} {wall:>11.3f} {wall - startup:>18.3f} {rss / 1e6:>12.1f}")
+            print(
+                f"{n:>9} {fmt:>6} {size:>5.1f} {wall:>11.3f} {wall - startup:>18.3f} "
+                f"{rss / 1e6:>12.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Read cluster objects from manifest files, as ``kubectl get ... -o yaml`` prints them.
 
-A PATH is a YAML (or JSON) file, a directory of them (``*.yaml``, ``*.yml``,
+A PATH is a YAML or JSON file, a directory of them (``*.yaml``, ``*.yml``,
 ``*.json``, sorted, not recursive) or ``-`` for standard input.  A file may
 hold several documents and ``kind: List`` (or ``*List``) wrappers; they are
 flattened.  Unreadable or malformed files raise ``ManifestError`` naming the
@@ -9,6 +9,7 @@ file: a dry run against half the input would be a lie.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -49,10 +50,20 @@ def _flatten(doc: Any, origin: str) -> Iterator[Mapping[str, Any]]:
 
 
 def read_stream(stream: TextIO, origin: str) -> list[Mapping[str, Any]]:
-    try:
-        docs = list(yaml.load_all(stream, Loader=_Loader))
-    except yaml.YAMLError as err:
-        raise ManifestError(f"{origin}: not valid YAML: {err}") from None
+    text = stream.read()
+    docs: list[Any]
+    if text.lstrip()[:1] in ("{", "["):
+        # `kubectl get -o json`: JSON is YAML, but json parses ~50x faster than
+        # PyYAML even with libyaml, which matters at thousands of Services.
+        try:
+            docs = [json.loads(text)]
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{origin}: not valid JSON: {err}") from None
+    else:
+        try:
+            docs = list(yaml.load_all(text, Loader=_Loader))
+        except yaml.YAMLError as err:
+            raise ManifestError(f"{origin}: not valid YAML: {err}") from None
     out: list[Mapping[str, Any]] = []
     for doc in docs:
         out.extend(_flatten(doc, origin))
