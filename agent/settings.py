@@ -493,7 +493,11 @@ def from_env(environ: Mapping[str, str]) -> dict[str, object]:
     for f in fields():
         key = ENV_PREFIX + f.name.upper()
         if key in environ:
-            out[f.name] = _coerce(f.name, environ[key], f"environment {key}")
+            raw = environ[key]
+            if raw == "" and f.default is None:
+                out[f.name] = None  # VAR= unsets an optional setting
+            elif raw != "":
+                out[f.name] = _coerce(f.name, raw, f"environment {key}")
     return out
 
 
