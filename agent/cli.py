@@ -136,12 +136,32 @@ def render(
         sys.exit(1)
 
 
+def settings_reference() -> str:
+    """The configuration reference table of the README, made from the Settings fields."""
+    rows = ["| YAML key | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for f in settings_mod.fields():
+        scalar, _ = settings_mod.field_type(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if scalar is bool:
+            flag = f"{flag}/--no-{f.name.replace('_', '-')}"
+        default = f.default
+        shown = ", ".join(default) if isinstance(default, tuple) else default
+        shown = "(none)" if shown in (None, "", ()) else f"`{shown}`"
+        env = f"{settings_mod.ENV_PREFIX}{f.name.upper()}"
+        rows.append(f"| `{f.name}` | `{flag}` | `{env}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
 @main.command("settings")
+@click.option("--reference", is_flag=True, help="Print the README's settings table instead.")
 @settings_options
-def show_settings(config_file: str | None, **flags: Any) -> None:
+def show_settings(reference: bool, config_file: str | None, **flags: Any) -> None:
     """Print the effective settings (secrets redacted) as YAML."""
     import yaml
 
+    if reference:
+        click.echo(settings_reference(), nl=False)
+        return
     try:
         settings = load_settings(config_file, flags)
     except SettingsError as err:

@@ -89,3 +89,12 @@ def test_bad_input_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a Linux interface name" in result.output
     result = runner.invoke(main, ["render", "--manifests", str(EXAMPLES / "cluster.yaml")])
     assert result.exit_code == 2 and "--dry-run" in result.output
+
+
+def test_readme_settings_reference_is_current() -> None:
+    from agent.cli import settings_reference
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    begin, end = "<!-- settings-reference:begin -->\n", "<!-- settings-reference:end -->"
+    table = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    assert table == settings_reference(), "run: vip-agent settings --reference"
