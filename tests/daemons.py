@@ -15,9 +15,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pytest
-
 from agent import validate
+from tests.requirements import unavailable
 
 
 def root_skip_reason() -> str | None:
@@ -31,7 +30,7 @@ def root_skip_reason() -> str | None:
 def require_binaries(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (make setup installs them)")
+        unavailable(f"{', '.join(missing)} not installed (make setup installs them)")
 
 
 class ScratchNamespace:
@@ -79,7 +78,7 @@ class Checkers:
 def checkers_fixture() -> Iterator[Checkers]:
     reason = root_skip_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     require_binaries("keepalived", "haproxy")
     netns = ScratchNamespace(f"vipagent-chk-{os.getpid()}")
     checkers = Checkers(netns)

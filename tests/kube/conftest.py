@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kube.apiserver import (
+    APISERVER_VERSION,
+    BUILD_SCRIPT,
+    NOBODY_USER,
+    ApiServer,
+    cache_dir,
+    find_binaries,
+)
+from tests.requirements import unavailable
+
+
+@pytest.fixture(scope="session")
+def apiserver() -> Iterator[ApiServer]:
+    """A real kube-apiserver 1.20 + etcd on 127.0.0.1 for the whole session.
+
+    Tokens: ``apiserver.admin_token`` (system:masters) and
+    ``apiserver.token_for(NOBODY_USER)`` (no RBAC bindings). Skips when the binaries are
+    missing, or fails in CI (tests/requirements.py). A test that calls ``kill()`` must
+    ``restart()`` before it ends.
+    """
+    binaries = find_binaries()
+    if binaries is None:
+        reason = (
+            f"kube-apiserver {APISERVER_VERSION} (in {cache_dir()}) or etcd not found; "
+            f"run {BUILD_SCRIPT} as root (builds it from Debian sources, about 5 minutes)"
+        )
+        unavailable(reason)
+    with ApiServer(
+        binaries=binaries,
+        extra_tokens={secrets.token_hex(16): (NOBODY_USER, ())},
+    ) as server:
+        yield server
