@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -77,32 +78,29 @@ def main() -> None:
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Render only: no daemons, no root, no /etc writes.")
 @click.option(
-    "--manifests",
-    multiple=True,
-    metavar="PATH",
-    help="YAML/JSON file, directory of them, or - for stdin (kubectl get -o yaml output).",
-)
-@click.option(
     "--output-dir", type=click.Path(file_okay=False), default=None, help="Write files here."
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when any input was rejected.")
 @settings_options
 def render(
     dry_run: bool,
-    manifests: tuple[str, ...],
     output_dir: str | None,
     strict: bool,
     config_file: str | None,
     **flags: Any,
 ) -> None:
-    """Render keepalived.conf and haproxy.cfg once, from manifest files."""
+    """Render keepalived.conf and haproxy.cfg once, from manifest files.
+
+    --manifests PATH (repeatable): a YAML/JSON file, a directory of them, or - for stdin,
+    as `kubectl get svc,endpointslices,endpoints,configmaps,nodes -A -o yaml` prints them.
+    """
     if not dry_run:
         fail("render needs --dry-run (vip-agent run applies configuration)")
-    if not manifests:
-        fail("--manifests PATH is required (a file, a directory or -)")
     try:
         settings = load_settings(config_file, flags)
-        snapshot = load_snapshot(manifests)
+        if not settings.manifests:
+            fail("--manifests PATH is required (a file, a directory or -)")
+        snapshot = load_snapshot(settings.manifests)
     except (SettingsError, ManifestError) as err:
         fail(str(err))
         return
@@ -169,3 +167,141 @@ def show_settings(reference: bool, config_file: str | None, **flags: Any) -> Non
         return
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.redacted().items()}
     click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> dict[str, Any]:
+    from agent import daemons
+
+    run_dir = Path(settings.run_dir)
+    if settings.daemons == "supervise":
+        return {
+            "keepalived": daemons.Keepalived(
+                binary=settings.keepalived_binary,
+                config=Path(settings.keepalived_config),
+                run_dir=run_dir,
+                before_start=before_keepalived,
+            ),
+            "haproxy": daemons.Haproxy(
+                binary=settings.haproxy_binary,
+                config=Path(settings.haproxy_config),
+                run_dir=run_dir,
+            ),
+        }
+    if settings.daemons == "systemd":
+        return {
+            "keepalived": daemons.SystemdService("keepalived", "keepalived.service"),
+            "haproxy": daemons.SystemdService("haproxy", "haproxy.service"),
+        }
+    return {"keepalived": daemons.NoDaemon("keepalived"), "haproxy": daemons.NoDaemon("haproxy")}
+
+
+def build_targets(settings: Settings) -> list[Any]:
+    from agent import validate
+    from agent.apply import Target
+
+    return [
+        Target(
+            name="keepalived.conf",
+            path=Path(settings.keepalived_config),
+            mode=0o600,  # may hold the VRRP password
+            validate=lambda p: validate.check_keepalived(p, binary=settings.keepalived_binary),
+        ),
+        Target(
+            name="haproxy.cfg",
+            path=Path(settings.haproxy_config),
+            mode=0o640,
+            validate=lambda p: validate.check_haproxy(p, binary=settings.haproxy_binary),
+        ),
+    ]
+
+
+@main.command()
+@settings_options
+def run(config_file: str | None, **flags: Any) -> None:
+    """Keep this node's keepalived and haproxy configuration current, and the daemons running."""
+    import ipaddress
+    import signal
+    import threading
+
+    from agent import logs, netlink
+    from agent.reconcile import Agent
+    from agent.sources.static import ManifestSource, StaticSource, watch_paths
+
+    try:
+        settings = load_settings(config_file, flags)
+    except SettingsError as err:
+        fail(str(err))
+        return
+    logs.setup(settings.log_format, secrets=[settings.auth_pass or ""])
+    node_name = node_name_of(settings)
+    interface = settings.interface
+    if interface is None and settings.node_address:
+        interface = netlink.interface_for(ipaddress.ip_address(settings.node_address))
+    if interface is None:
+        fail("setting interface is required (or node_address, to find it)")
+        return
+    if settings.manifests:
+        source: Any = ManifestSource(settings.manifests)
+    elif not settings.kubernetes:
+        source = StaticSource()
+    else:
+        fail("watching an API server is not available yet: use --manifests or --no-kubernetes")
+        return
+
+    holder: dict[str, Agent] = {}
+
+    def clean_stale_vips() -> None:
+        agent = holder["agent"]
+        state = agent.status.state
+        managed = (
+            {v for i in state.instances for v in (*i.vips, *i.excluded_vips)} if state else set()
+        )
+        managed |= netlink.vips_in_config(Path(settings.keepalived_config))
+        keep = {ipaddress.ip_address(settings.node_address)} if settings.node_address else set()
+        removed = netlink.remove_stale_vips(interface, managed, keep)
+        if removed:
+            logging.getLogger("vip-agent").warning(
+                "removed stale VIPs left by an earlier keepalived: %s",
+                ", ".join(map(str, removed)),
+            )
+
+    agent = Agent(
+        settings=settings,
+        source=source,
+        daemons=build_daemons(settings, clean_stale_vips),
+        targets=build_targets(settings),
+        template_dirs=lambda: template_dirs(holder["agent"].settings),
+        node_name=node_name,
+        interface=interface,
+    )
+    holder["agent"] = agent
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("vip-agent").info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def settings_changed() -> None:
+        try:
+            agent.settings = load_settings(config_file, flags)
+        except SettingsError as err:
+            logging.getLogger("vip-agent").error("config file: %s; keeping the old settings", err)
+            return
+        agent.trigger()
+
+    watched = [Path(d) for d in ([settings.templates] if settings.templates else [])]
+    observers = [watch_paths(watched, agent.trigger)] if watched else []
+    if config_file:
+        observers.append(watch_paths([Path(config_file)], settings_changed))
+    logging.getLogger("vip-agent").info(
+        "starting: node=%s interface=%s daemons=%s", node_name, interface, settings.daemons
+    )
+    try:
+        agent.run(stop)
+    finally:
+        for observer in observers:
+            observer.stop()
+        agent.shutdown()

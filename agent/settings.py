@@ -227,6 +227,30 @@ class Settings:
         metadata=_doc("FIFO keepalived writes VRRP state changes to; unset: none."),
     )
     # --- run -------------------------------------------------------------
+    manifests: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Read cluster objects from these YAML/JSON files, directories or - (stdin) instead "
+            "of an API server; vip-agent run watches them for edits."
+        ),
+    )
+    run_dir: str = field(
+        default="/run/vip-agent",
+        metadata=_doc("Pidfiles and sockets of the supervised daemons."),
+    )
+    keepalived_binary: str = field(default="keepalived", metadata=_doc("keepalived to run."))
+    haproxy_binary: str = field(default="haproxy", metadata=_doc("haproxy to run."))
+    keepalived_reload_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Least seconds between two keepalived reloads; changes in between are applied "
+            "together when it has passed (the last one always lands)."
+        ),
+    )
+    coalesce_seconds: float = field(
+        default=0.1,
+        metadata=_doc("Events within this window after the first are rendered together."),
+    )
     keepalived_config: str = field(
         default="/etc/keepalived/keepalived.conf",
         metadata=_doc("Where vip-agent run writes keepalived.conf."),
@@ -351,6 +375,12 @@ def _validate(s: Settings) -> None:
         _fail("haproxy_hard_stop_after", s.haproxy_hard_stop_after, "0-86400 seconds")
     if s.daemons not in ("supervise", "systemd", "none"):
         _fail("daemons", s.daemons, "supervise, systemd or none")
+    if not 0 <= s.keepalived_reload_interval <= 300:
+        _fail("keepalived_reload_interval", s.keepalived_reload_interval, "0-300 seconds")
+    if not 0 <= s.coalesce_seconds <= 60:
+        _fail("coalesce_seconds", s.coalesce_seconds, "0-60 seconds")
+    if not _PATH.match(s.run_dir):
+        _fail("run_dir", s.run_dir, "must be an absolute path of [A-Za-z0-9_./@+-]")
     if s.log_format not in ("text", "json"):
         _fail("log_format", s.log_format, "text or json")
     _host, sep, port = s.metrics_address.rpartition(":")

@@ -1,0 +1,242 @@
+"""The agent's loop: events in, one coalesced reconcile out, daemons reloaded when bytes change.
+
+    source event ─┐
+    template edit ├─> trigger ──(coalesce window)──> reconcile:
+    settings edit ┘      snapshot -> translate -> render -> apply (validate, swap)
+                                                          -> reload changed daemons
+
+* Coalescing: the first event opens a window (``coalesce_seconds``); every event in it
+  joins the same reconcile, so a burst of a thousand EndpointSlice updates renders once
+  or twice, not a thousand times.
+* Identical output writes nothing and reloads nothing.
+* keepalived reloads are throttled to one per ``keepalived_reload_interval``: a burst of
+  changes ends in one reload with the last configuration, never in a stream of SIGHUPs
+  (keepalived misbehaves when reloaded in quick succession).  The last change always
+  lands: a throttled reload is kept pending, not dropped.
+* Any failure (a broken template, a file the checker rejects, a reload that is not
+  confirmed) leaves the running configuration alone and is reported in ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent import render as render_mod
+from agent.apply import Target, apply
+from agent.daemons import Daemon, ReloadOutcome
+from agent.model import DesiredState, Rejection
+from agent.settings import Settings
+from agent.snapshot import Snapshot
+from agent.translate import translate
+
+log = logging.getLogger("vip-agent.reconcile")
+
+DAEMON_OF = {"keepalived.conf": "keepalived", "haproxy.cfg": "haproxy"}
+
+
+class Source(Protocol):
+    error: str | None
+
+    def start(self, notify: Callable[[], None]) -> None: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def stop(self) -> None: ...
+
+
+class Observer(Protocol):
+    """What metrics and status want to hear about (see agent.metrics)."""
+
+    def reconciled(self, seconds: float, ok: bool) -> None: ...
+
+    def rendered(self, state: DesiredState) -> None: ...
+
+    def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None: ...
+
+    def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None: ...
+
+
+class NullObserver:
+    def reconciled(self, seconds: float, ok: bool) -> None:
+        return None
+
+    def rendered(self, state: DesiredState) -> None:
+        return None
+
+    def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None:
+        return None
+
+    def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
+        return None
+
+
+@dataclass
+class Status:
+    """What happened last, for /healthz, ``vip-agent status`` and the logs."""
+
+    reconciles: int = 0
+    renders: int = 0
+    last_apply_ok: bool | None = None
+    last_apply_wall: float | None = None
+    last_error: str | None = None
+    rejections: tuple[Rejection, ...] = ()
+    state: DesiredState | None = None
+    pending_reloads: set[str] = field(default_factory=set)
+    reload_outcomes: dict[str, ReloadOutcome] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        source: Source,
+        daemons: Mapping[str, Daemon],
+        targets: Sequence[Target],
+        template_dirs: Callable[[], list[Path]],
+        node_name: str,
+        interface: str,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.daemons = dict(daemons)
+        self.targets = list(targets)
+        self.template_dirs = template_dirs
+        self.node_name = node_name
+        self.interface = interface
+        self.observer = observer or NullObserver()
+        self.clock = clock
+        self.wall = wall
+        self.status = Status()
+        self._trigger = threading.Event()
+        self._last_reload: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # --- events -------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Ask for a reconcile (thread-safe, cheap, coalesced)."""
+        self._trigger.set()
+
+    # --- one reconcile --------------------------------------------------------------
+
+    def reconcile(self) -> bool:
+        """Render and apply the current snapshot; schedule reloads. True when all went well."""
+        started = self.clock()
+        with self._lock:
+            ok = self._reconcile()
+        self.status.reconciles += 1
+        self.observer.reconciled(self.clock() - started, ok)
+        return ok
+
+    def _reconcile(self) -> bool:
+        snapshot = self.source.snapshot()
+        state = translate(
+            snapshot, self.settings, node_name=self.node_name, interface=self.interface
+        )
+        self.status.state = state
+        self.status.rejections = state.rejections
+        self.observer.rendered(state)
+        try:
+            files = render_mod.render(state, self.template_dirs())
+        except render_mod.RenderError as err:
+            return self._failed(f"render: {err}")
+        self.status.renders += 1
+        result = apply(self.targets, files)
+        self.observer.applied(result.changed, result.errors)
+        if not result.ok:
+            detail = "; ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
+            return self._failed(f"validation failed, running configuration kept: {detail}")
+        self.status.last_apply_ok = True
+        self.status.last_apply_wall = self.wall()
+        self.status.last_error = None
+        if result.changed:
+            log.info("applied %s", ", ".join(sorted(result.changed)))
+        for name in result.changed:
+            daemon = DAEMON_OF.get(name)
+            if daemon in self.daemons:
+                self.status.pending_reloads.add(daemon)
+        self._reload_due()
+        return True
+
+    def _failed(self, message: str) -> bool:
+        log.error("%s", message)
+        self.status.last_apply_ok = False
+        self.status.last_error = message
+        return False
+
+    def _interval(self, daemon: str) -> float:
+        if daemon == "keepalived":
+            return self.settings.keepalived_reload_interval
+        return 0.0
+
+    def _reload_due(self) -> float | None:
+        """Run the pending reloads whose throttle allows; seconds until the next one."""
+        wait: float | None = None
+        for name in sorted(self.status.pending_reloads):
+            since = self.clock() - self._last_reload.get(name, float("-inf"))
+            remaining = self._interval(name) - since
+            if remaining > 0:
+                wait = remaining if wait is None else min(wait, remaining)
+                continue
+            self.status.pending_reloads.discard(name)
+            daemon = self.daemons[name]
+            if not daemon.running():
+                continue  # it reads the new file when it (re)starts
+            outcome = daemon.reload()
+            self._last_reload[name] = self.clock()
+            self.status.reload_outcomes[name] = outcome
+            self.observer.reloaded(name, outcome)
+            if outcome.ok:
+                log.info("%s reloaded in %.0f ms: %s", name, outcome.seconds * 1000, outcome.detail)
+            else:
+                log.error("%s reload failed: %s", name, outcome.detail)
+        return wait
+
+    # --- the loop -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, tick: float = 0.5) -> None:
+        """Reconcile on events until ``stop`` is set; supervise daemons every ``tick``."""
+        window = self.settings.coalesce_seconds
+        self.source.start(self.trigger)
+        self.reconcile()
+        self._trigger.clear()
+        for daemon in self._start_order():
+            daemon.start()
+        dirty_since: float | None = None
+        while not stop.is_set():
+            timeout = tick
+            if dirty_since is not None:
+                timeout = min(timeout, max(0.0, dirty_since + window - self.clock()))
+            pending = self._reload_due()
+            if pending is not None:
+                timeout = min(timeout, pending)
+            if self._trigger.wait(timeout):
+                self._trigger.clear()
+                if dirty_since is None:
+                    dirty_since = self.clock()
+            if dirty_since is not None and self.clock() >= dirty_since + window:
+                dirty_since = None
+                self.reconcile()
+            for daemon in self.daemons.values():
+                daemon.supervise()
+
+    def _start_order(self) -> list[Daemon]:
+        # haproxy first: when keepalived brings the VIP up, the listeners are ready
+        return [self.daemons[n] for n in ("haproxy", "keepalived") if n in self.daemons]
+
+    def shutdown(self) -> None:
+        """Stop daemons (keepalived first, so peers take the VIPs over at once)."""
+        self.source.stop()
+        for name in ("keepalived", "haproxy"):
+            if name in self.daemons:
+                self.daemons[name].stop()
