@@ -174,12 +174,19 @@ def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> 
 
     run_dir = Path(settings.run_dir)
     if settings.daemons == "supervise":
+        ipvs = daemons.ipvs_available()
+        if not ipvs:
+            logging.getLogger("vip-agent").warning(
+                "IPVS is not in this kernel: keepalived runs VRRP only, "
+                "virtual_server blocks are rendered and checked but not programmed"
+            )
         return {
             "keepalived": daemons.Keepalived(
                 binary=settings.keepalived_binary,
                 config=Path(settings.keepalived_config),
                 run_dir=run_dir,
                 before_start=before_keepalived,
+                ipvs=ipvs,
             ),
             "haproxy": daemons.Haproxy(
                 binary=settings.haproxy_binary,

@@ -66,6 +66,15 @@ class Daemon(Protocol):
     def running(self) -> bool: ...
 
 
+def ipvs_available(proc_net: Path = Path("/proc/net")) -> bool:
+    """Is IPVS in this kernel (and network namespace)? Tries loading the module once."""
+    if (proc_net / "ip_vs").exists():
+        return True
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, timeout=10, check=False)
+    return (proc_net / "ip_vs").exists()
+
+
 def read_pid(pidfile: Path) -> int | None:
     try:
         text = pidfile.read_text().strip()
@@ -194,7 +203,11 @@ class _Supervised:
     name = ""
     exe = ""
 
-    def __init__(self, *, config: Path, run_dir: Path, pidfile: Path, clock: Clock) -> None:
+    def __init__(
+        self, *, config: Path, run_dir: Path, pidfile: Path, clock: Clock, prefix: Sequence[str]
+    ) -> None:
+        self.prefix = list(prefix)
+        """Prepended to the command, e.g. ``ip netns exec NS`` (tests, the failover lab)."""
         self.config = config
         self.run_dir = run_dir
         self.pidfile = pidfile
@@ -221,7 +234,7 @@ class _Supervised:
             self.child.started_at = self.clock()
             return
         self.before_start()
-        self.child.spawn(self.argv(), self.clock)
+        self.child.spawn([*self.prefix, *self.argv()], self.clock)
         log.info("%s: started pid %s", self.name, self.child.pid)
 
     def running(self) -> bool:
@@ -264,10 +277,17 @@ class Keepalived(_Supervised):
         before_start: Callable[[], None] = lambda: None,
         clock: Clock = time.monotonic,
         confirm_timeout: float = 5.0,
+        ipvs: bool = True,
+        prefix: Sequence[str] = (),
     ) -> None:
         super().__init__(
-            config=config, run_dir=run_dir, pidfile=run_dir / "keepalived.pid", clock=clock
+            config=config,
+            run_dir=run_dir,
+            pidfile=run_dir / "keepalived.pid",
+            clock=clock,
+            prefix=prefix,
         )
+        self.ipvs = ipvs
         self.binary = binary
         self.vrrp_pidfile = run_dir / "keepalived_vrrp.pid"
         self.checkers_pidfile = run_dir / "keepalived_checkers.pid"
@@ -278,8 +298,12 @@ class Keepalived(_Supervised):
         self._before_start()
 
     def argv(self) -> list[str]:
+        # Without IPVS in the kernel keepalived's checker child exits FATAL and takes
+        # the VRRP child (and every VIP) down with it: run VRRP alone instead.
+        only_vrrp = [] if self.ipvs else ["--vrrp"]
         return [
             *(self.binary, "--dont-fork", "--log-console", "--log-detail", "--no-syslog"),
+            *only_vrrp,
             *("--use-file", str(self.config), "--pid", str(self.pidfile)),
             *("--vrrp_pid", str(self.vrrp_pidfile), "--checkers_pid", str(self.checkers_pidfile)),
         ]
@@ -329,9 +353,14 @@ class Haproxy(_Supervised):
         run_dir: Path,
         clock: Clock = time.monotonic,
         confirm_timeout: float = 10.0,
+        prefix: Sequence[str] = (),
     ) -> None:
         super().__init__(
-            config=config, run_dir=run_dir, pidfile=run_dir / "haproxy.pid", clock=clock
+            config=config,
+            run_dir=run_dir,
+            pidfile=run_dir / "haproxy.pid",
+            clock=clock,
+            prefix=prefix,
         )
         self.binary = binary
         self.master_socket = run_dir / "haproxy-master.sock"
