@@ -128,6 +128,9 @@ class _Child:
         self.adopted: psutil.Process | None = None
         self.started_at = 0.0
         self.lines: list[str] = []
+        """The last 200 lines of output, for error reports."""
+        self.reloads_completed = 0
+        """keepalived's "Reload complete" lines seen so far (one per child per reload)."""
         self.cond = threading.Condition()
 
     @property
@@ -172,6 +175,8 @@ class _Child:
             with self.cond:
                 self.lines.append(line)
                 del self.lines[:-200]
+                if "Reload complete" in line:
+                    self.reloads_completed += 1
                 self.cond.notify_all()
 
     def signal(self, sig: int) -> None:
@@ -322,15 +327,14 @@ class Keepalived(_Supervised):
             return ReloadOutcome(False, "keepalived is not running", 0.0)
         expected = self._children()
         with self.child.cond:
-            mark = len(self.child.lines)
-            self.child.lines.append("<reload sent>")
+            mark = self.child.reloads_completed
             self.child.signal(signal.SIGHUP)
             if self.child.popen is None:
                 # adopted: its output went to the agent that started it, so only
                 # "still alive after the signal" can be confirmed
                 return ReloadOutcome(True, "signalled (adopted, unconfirmed)", 0.0)
             done = self.child.cond.wait_for(
-                lambda: sum("Reload complete" in x for x in self.child.lines[mark:]) >= expected,
+                lambda: self.child.reloads_completed - mark >= expected,
                 timeout=self.confirm_timeout,
             )
         took = time.monotonic() - started

@@ -105,8 +105,11 @@ class Agent:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        after_reconcile: Callable[[Snapshot, DesiredState], None] | None = None,
     ) -> None:
         self.settings = settings
+        # told every translated state (write-back to the cluster); must return quickly
+        self.after_reconcile = after_reconcile
         self.source = source
         self.daemons = dict(daemons)
         self.targets = list(targets)
@@ -146,6 +149,11 @@ class Agent:
         self.status.state = state
         self.status.rejections = state.rejections
         self.observer.rendered(state)
+        if self.after_reconcile is not None:
+            try:
+                self.after_reconcile(snapshot, state)
+            except Exception:  # write-back is best effort; the files must still go out
+                log.exception("after_reconcile hook failed")
         try:
             files = render_mod.render(state, self.template_dirs())
         except render_mod.RenderError as err:

@@ -35,8 +35,11 @@ DEFAULT_CONFIG_FILE = "/etc/vip-agent/config.yaml"
 # a PASS password is at most 8 characters on the wire.
 _AUTH_PASS = re.compile(r"^[A-Za-z0-9_.,+=/-]{1,8}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
+# The IPVS schedulers of the kernels keepalived runs on (Debian 12's 6.1 has these;
+# "twos" arrived in 6.2, and keepalived silently leaves out a virtual server whose
+# scheduler module is missing, so it is not accepted).
 SCHEDULERS = frozenset(
-    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 )
 
 

@@ -519,12 +519,14 @@ def _forward(
         if local:
             endpoints = [e for e in endpoints if e.node == node_name]
             has_local = has_local or bool(endpoints)
-        if method is Method.DR and any(e.port != port.port for e in endpoints):
+        # DR rewrites only the MAC and TUN encapsulates the packet as it is: neither can
+        # change the destination port (keepalived would silently reset it to the VIP's).
+        if method in (Method.DR, Method.TUN) and any(e.port != port.port for e in endpoints):
             rej.add(
                 "Service",
                 svc_ref,
                 f"port {port.name or port.port}",
-                "DR cannot change the port: targetPort must equal port",
+                f"{method.value} cannot change the port: targetPort must equal port",
             )
             continue
         taken.add(slot)

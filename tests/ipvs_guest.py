@@ -21,6 +21,7 @@ are preferred when present. Each run appends a small uncompressed newc archive h
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -71,6 +72,30 @@ def guest_available() -> str | None:
     if missing:
         return f"IPVS guest not built ({', '.join(missing)} missing in {cache}); run {BUILD_SCRIPT}"
     return None
+
+
+def guest_modules() -> list[str]:
+    """Kernel modules the cached guest loads (``etc/guest-modules`` of its base initramfs).
+
+    Lets a test render only what the guest kernel can do (a scheduler needs its
+    ``ip_vs_<name>`` module) before it boots; an empty list when the file is absent.
+    """
+    cache = cache_dir()
+    plain = cache / "base.cpio"
+    with plain.open("rb") if plain.is_file() else gzip.open(cache / "base.cpio.gz", "rb") as f:
+        while True:
+            header = f.read(110)
+            if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
+                return []
+            size = int(header[54:62], 16)
+            name_size = int(header[94:102], 16)
+            name = f.read(name_size)[:-1].decode("utf-8", "replace")
+            f.read(-(110 + name_size) % 4)
+            if name == "TRAILER!!!":
+                return []
+            if name.lstrip("./") == "etc/guest-modules":
+                return f.read(size).decode().split()
+            f.seek(size + (-size % 4), os.SEEK_CUR)
 
 
 def _newc_entry(ino: int, name: str, mode: int, data: bytes = b"") -> bytes:

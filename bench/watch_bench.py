@@ -1,0 +1,480 @@
+"""Watch-to-file latency and agent RSS against a real kube-apiserver 1.20 + etcd.
+
+What runs
+    * a private kube-apiserver 1.20.2 + etcd (tests/kube/apiserver.py; needs
+      scripts/build-kube-apiserver), with its default watch caches ON as in production, and
+      a /16 service range so 5,000 Services get ClusterIPs;
+    * N Services (one TCP port, named) x core/v1 Endpoints with 4 ready addresses (1.20
+      serves no EndpointSlice v1, so the agent watches Endpoints), a vip-configmap entry
+      per Service (NAT), and 5 Nodes; loaded with concurrent creates, time-bounded;
+    * the agent pipeline in a child process (so its RSS is its own): KubeSource (from a
+      kubeconfig, the real client path) -> agent.reconcile.Agent (coalescing window
+      ``--window``) -> translate -> render -> apply into a temp dir, ``--spread --unicast``,
+      5 nodes.  Validators accept every file (the real ``keepalived -t`` costs a fork per
+      reconcile and is measured elsewhere); no daemons.
+
+What is measured
+    * latency: from the moment the API server's answer to a patch has been read (the change
+      is accepted) to the moment the new keepalived.conf is on disk (os.replace done, seen
+      through the child's Observer.applied), for ``--changes`` sequential changes,
+      alternating an Endpoints address change and a Service port change on random
+      Services, with the stages: watch delivery (answer -> first notify), coalescing wait,
+      translate, render + apply;
+    * agent RSS (current and peak) once settled at 1,000 and at 5,000 Services, for the
+      long-running agent that grew with the cluster and for a fresh agent started at 5,000.
+
+    python bench/watch_bench.py [--services 1000] [--grow-to 5000] [--changes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import ipaddress
+import json
+import os
+import platform
+import queue
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NAMESPACE = "bench"
+NODES = 5
+V4_POOLS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+V4_HOSTS = [h for net in V4_POOLS for h in list(net.hosts())[1:]]
+CHANGE_POOL = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking addresses
+
+
+def vip(i: int) -> str:
+    if i < len(V4_HOSTS):
+        return str(V4_HOSTS[i])
+    return str(ipaddress.ip_address("2001:db8:0:1::") + i)
+
+
+def endpoint_ips(i: int) -> list[str]:
+    if ipaddress.ip_address(vip(i)).version == 4:
+        return [str(ipaddress.ip_address("10.0.0.0") + i * 4 + j + 1) for j in range(4)]
+    return [str(ipaddress.ip_address("2001:db8:2::") + i * 4 + j) for j in range(4)]
+
+
+def service(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"svc-{i}", "namespace": NAMESPACE},
+        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
+    }
+
+
+def endpoints(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": f"svc-{i}", "namespace": NAMESPACE},
+        "subsets": [
+            {
+                "addresses": [
+                    {"ip": ip, "nodeName": f"node-{j % NODES}"}
+                    for j, ip in enumerate(endpoint_ips(i))
+                ],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }
+        ],
+    }
+
+
+# --- the agent, in a child process ---------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run the agent pipeline; print one JSON line per reconcile; answer 'rss' on stdin."""
+    from agent import render
+    from agent.apply import Target
+    from agent.daemons import ReloadOutcome
+    from agent.model import DesiredState
+    from agent.reconcile import Agent
+    from agent.settings import Settings
+    from agent.snapshot import Snapshot
+    from agent.sources.kube import KubeSource
+    from agent.validate import CheckResult
+
+    import psutil
+
+    settings = Settings(
+        kubeconfig=args.kubeconfig,
+        configmap=f"{NAMESPACE}/vip-configmap",
+        coalesce_seconds=args.window,
+        spread=True,
+        unicast=True,
+    )
+    out = Path(args.out)
+    lock = threading.Lock()
+    marks: dict[str, float | None] = {"notify": None, "snapshot": None, "rendered": None}
+
+    def emit(record: dict[str, Any]) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+
+    class TimedSource(KubeSource):
+        def start(self, notify: Any) -> None:
+            def timed() -> None:
+                if marks["notify"] is None:
+                    marks["notify"] = time.monotonic()
+                notify()
+
+            super().start(timed)
+
+        def snapshot(self) -> Snapshot:
+            marks["snapshot"] = time.monotonic()
+            return super().snapshot()
+
+    class Observer:
+        def reconciled(self, seconds: float, ok: bool) -> None:
+            return None
+
+        def rendered(self, state: DesiredState) -> None:
+            marks["rendered"] = time.monotonic()
+
+        def applied(self, changed: frozenset[str], errors: Any) -> None:
+            now = time.monotonic()
+            emit(
+                {
+                    "applied": now,
+                    "changed": sorted(changed),
+                    "notify": marks["notify"],
+                    "snapshot": marks["snapshot"],
+                    "rendered": marks["rendered"],
+                }
+            )
+            marks["notify"] = None
+
+        def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
+            return None
+
+    source = TimedSource.from_settings(settings)
+    accept = lambda _p: CheckResult(True, "")  # noqa: E731
+    agent = Agent(
+        settings=settings,
+        source=source,
+        daemons={},
+        targets=[
+            Target("keepalived.conf", out / "keepalived.conf", 0o600, accept),
+            Target("haproxy.cfg", out / "haproxy.cfg", 0o640, accept),
+        ],
+        template_dirs=lambda: [render.default_template_dir()],
+        node_name="node-0",
+        interface="eth0",
+        observer=Observer(),
+    )
+    stop = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "rss":
+                snap = source.snapshot()
+                info = psutil.Process().memory_info()
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                emit(
+                    {
+                        "rss": info.rss,
+                        "peak": peak,
+                        "services": len(snap.services),
+                        "endpoints": len(snap.endpoints),
+                        "error": source.error,
+                    }
+                )
+        stop.set()
+
+    threading.Thread(target=commands, daemon=True).start()
+    agent.run(stop)
+    agent.shutdown()
+
+
+class Child:
+    def __init__(self, kubeconfig: Path, out: Path, window: float) -> None:
+        argv = [sys.executable, __file__, "--child", "--kubeconfig", str(kubeconfig)]
+        argv += ["--out", str(out), "--window", str(window)]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.out = out
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        return self.lines.get(timeout=timeout)
+
+    def wait_for_file(self, marker: str, timeout: float) -> dict[str, Any]:
+        """The first 'applied' record after which keepalived.conf contains ``marker``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{marker!r} not on disk within {timeout:g}s")
+            record = self.next(remaining)
+            if "applied" in record and marker in (self.out / "keepalived.conf").read_text():
+                return record
+
+    def rss(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("rss\n")
+        self.proc.stdin.flush()
+        while True:
+            record = self.next(30)
+            if "rss" in record:
+                return record
+
+    def settle(self, services: int, timeout: float) -> dict[str, Any]:
+        """Wait until the agent sees ``services`` Services and a second passes with no apply."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.rss()
+            if info["services"] >= services:
+                try:
+                    while True:
+                        self.next(2.0)  # drain applies until two quiet seconds
+                except queue.Empty:
+                    return self.rss()
+            time.sleep(0.5)
+        raise TimeoutError(f"agent did not see {services} Services within {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- the parent ----------------------------------------------------------------------
+
+
+def load(api: Any, start: int, stop: int, deadline: float, workers: int = 8) -> float:
+    """Create Services and Endpoints start..stop-1 concurrently; seconds taken."""
+    began = time.monotonic()
+
+    def make(i: int) -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("loading took too long")
+        base = f"/api/v1/namespaces/{NAMESPACE}"
+        api.request("POST", f"{base}/services", body=service(i))
+        api.request("POST", f"{base}/endpoints", body=endpoints(i))
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for future in concurrent.futures.as_completed(
+            [pool.submit(make, i) for i in range(start, stop)]
+        ):
+            future.result()
+    return time.monotonic() - began
+
+
+def set_configmap(api: Any, count: int) -> None:
+    data = {vip(i).replace(":", "-"): f"{NAMESPACE}/svc-{i}" for i in range(count)}
+    path = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+    body = {"metadata": {"name": "vip-configmap", "namespace": NAMESPACE}, "data": data}
+    try:
+        api.request("POST", path, body=body)
+    except Exception:
+        api.request("PUT", f"{path}/vip-configmap", body=body)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def measure(
+    child: Child, api: Any, count: int, changes: int, rng: random.Random, window: float
+) -> None:
+    base = f"/api/v1/namespaces/{NAMESPACE}"
+    merge = "application/merge-patch+json"
+    pool = iter(CHANGE_POOL.hosts())
+    ports = dict.fromkeys(range(count), 80)
+    totals: list[float] = []
+    stages: dict[str, list[float]] = {"watch": [], "coalesce": [], "translate": [], "render": []}
+    kinds: dict[str, list[float]] = {"Endpoints": [], "Service": []}
+    candidates = [i for i in range(count) if ipaddress.ip_address(vip(i)).version == 4]
+    for n in range(changes + 5):  # the first 5 warm up
+        i = rng.choice(candidates)
+        if n % 2 == 0:
+            kind = "Endpoints"
+            new_ip = str(next(pool))
+            ips = [new_ip, *endpoint_ips(i)[1:]]
+            body = {
+                "subsets": [
+                    {
+                        "addresses": [{"ip": ip, "nodeName": "node-1"} for ip in ips],
+                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    }
+                ]
+            }
+            api.request("PATCH", f"{base}/endpoints/svc-{i}", body=body, content_type=merge)
+            marker = f"real_server {new_ip} 8080"
+        else:
+            kind = "Service"
+            ports[i] = 81 if ports[i] == 80 else 80
+            spec = service(i)["spec"]
+            spec["ports"][0]["port"] = ports[i]
+            api.request(
+                "PATCH", f"{base}/services/svc-{i}", body={"spec": spec}, content_type=merge
+            )
+            marker = f"virtual_server {vip(i)} {ports[i]} {{"
+        accepted = time.monotonic()
+        record = child.wait_for_file(marker, timeout=30)
+        if n < 5:
+            continue
+        total = record["applied"] - accepted
+        totals.append(total)
+        kinds[kind].append(total)
+        if record["notify"] and record["snapshot"] and record["rendered"]:
+            stages["watch"].append(record["notify"] - accepted)
+            stages["coalesce"].append(record["snapshot"] - record["notify"])
+            stages["translate"].append(record["rendered"] - record["snapshot"])
+            stages["render"].append(record["applied"] - record["rendered"])
+        time.sleep(rng.uniform(0.01, 0.05))
+    ms = 1000.0
+    print(
+        f"  {len(totals)} changes ({len(kinds['Endpoints'])} Endpoints, {len(kinds['Service'])} Service)"
+    )
+    print(
+        f"  change accepted -> file on disk: p50 {percentile(totals, 50) * ms:.0f} ms, "
+        f"p99 {percentile(totals, 99) * ms:.0f} ms, max {max(totals) * ms:.0f} ms"
+    )
+    print(
+        f"  beyond the {window * ms:.0f} ms coalescing window: "
+        f"p50 {(percentile(totals, 50) - window) * ms:.0f} ms, "
+        f"p99 {(percentile(totals, 99) - window) * ms:.0f} ms"
+    )
+    for kind, values in kinds.items():
+        print(
+            f"    {kind:>9}: p50 {percentile(values, 50) * ms:.0f} ms, p99 {percentile(values, 99) * ms:.0f} ms"
+        )
+    print("  stages (p50 / p99 ms):")
+    for name, label in (
+        ("watch", "watch delivery (answer -> notify)"),
+        ("coalesce", "coalescing wait (notify -> reconcile)"),
+        ("translate", "snapshot + translate"),
+        ("render", "render + apply (write, fsync, swap)"),
+    ):
+        values = stages[name]
+        print(
+            f"    {label:<40} {percentile(values, 50) * ms:7.1f} / {percentile(values, 99) * ms:7.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--grow-to", type=int, default=5000)
+    parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--window", type=float, default=0.1, help="coalescing window, seconds")
+    parser.add_argument("--load-timeout", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    from agent.sources.kube import KubeApi
+    from tests.kube.apiserver import ApiServer
+
+    rng = random.Random(args.seed)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    with (
+        ApiServer(watch_cache_sizes={}, service_cluster_ip_range="10.96.0.0/16") as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        print(
+            f"kube-apiserver 1.20.2 + etcd on 127.0.0.1 (watch cache on), started in {server.start_seconds:.1f} s"
+        )
+        api = KubeApi(server.api_client())
+        api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+        for k in range(NODES):
+            node = {
+                "metadata": {"name": f"node-{k}", "labels": {}},
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": f"198.51.100.{200 + k}"},
+                        {"type": "InternalIP", "address": f"2001:db8:1::{200 + k}"},
+                    ]
+                },
+            }
+            api.request("POST", "/api/v1/nodes", body=node)
+        deadline = time.monotonic() + args.load_timeout
+        took = load(api, 0, args.services, deadline)
+        set_configmap(api, args.services)
+        print(f"loaded {args.services} Services + Endpoints (4 addresses each) in {took:.1f} s")
+        kubeconfig = server.kubeconfig(Path(tmp) / "kubeconfig")
+        out = Path(tmp) / "out-a"
+        out.mkdir()
+        agent = Child(kubeconfig, out, args.window)
+        try:
+            started = time.monotonic()
+            first = agent.settle(args.services, timeout=120)
+            print(
+                f"agent: first sync + render of {first['services']} Services settled in "
+                f"{time.monotonic() - started:.1f} s; RSS {first['rss'] / 1e6:.0f} MB "
+                f"(peak {first['peak'] / 1e6:.0f} MB)"
+            )
+            print(
+                f"latency at {args.services} Services, coalescing window {args.window * 1000:.0f} ms, "
+                f"validators: accept-all (no keepalived -t), spread + unicast, 5 nodes:"
+            )
+            measure(agent, api, args.services, args.changes, rng, args.window)
+            if args.grow_to > args.services:
+                took = load(api, args.services, args.grow_to, deadline)
+                set_configmap(api, args.grow_to)
+                print(f"grew to {args.grow_to} Services in {took:.1f} s while the agent ran")
+                grown = agent.settle(args.grow_to, timeout=300)
+                print(
+                    f"agent that grew with the cluster, at {grown['services']} Services: "
+                    f"RSS {grown['rss'] / 1e6:.0f} MB (peak {grown['peak'] / 1e6:.0f} MB)"
+                )
+        finally:
+            agent.stop()
+        if args.grow_to > args.services:
+            out_b = Path(tmp) / "out-b"
+            out_b.mkdir()
+            fresh = Child(kubeconfig, out_b, args.window)
+            try:
+                started = time.monotonic()
+                info = fresh.settle(args.grow_to, timeout=300)
+                print(
+                    f"fresh agent at {info['services']} Services: settled in "
+                    f"{time.monotonic() - started:.1f} s, RSS {info['rss'] / 1e6:.0f} MB "
+                    f"(peak {info['peak'] / 1e6:.0f} MB)"
+                )
+                print(f"latency at {args.grow_to} Services (50 changes, for information):")
+                measure(fresh, api, args.grow_to, 50, rng, args.window)
+            finally:
+                fresh.stop()
+
+
+if __name__ == "__main__":
+    main()
