@@ -37,7 +37,6 @@ import platform
 import queue
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +98,8 @@ def endpoints(i: int) -> dict[str, Any]:
 
 def child(args: argparse.Namespace) -> None:
     """Run the agent pipeline; print one JSON line per reconcile; answer 'rss' on stdin."""
+    import psutil
+
     from agent import render
     from agent.apply import Target
     from agent.daemons import ReloadOutcome
@@ -108,8 +109,6 @@ def child(args: argparse.Namespace) -> None:
     from agent.snapshot import Snapshot
     from agent.sources.kube import KubeSource
     from agent.validate import CheckResult
-
-    import psutil
 
     settings = Settings(
         kubeconfig=args.kubeconfig,

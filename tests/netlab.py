@@ -61,7 +61,9 @@ class Host:
             ["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, check=check
         )
 
-    def spawn(self, argv: Sequence[str], log: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], log: Path | None = None, **kw: Any
+    ) -> subprocess.Popen[bytes]:
         out = open(log or os.devnull, "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, *argv],

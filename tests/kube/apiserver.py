@@ -44,6 +44,12 @@ ADMIN_USER = "vip-agent-test-admin"
 ADMIN_GROUPS: tuple[str, ...] = ("system:masters",)
 # A user the session fixture gives a token but no RBAC binding.
 NOBODY_USER = "vip-agent-test-nobody"
+# Static tokens named as ServiceAccounts. No controller-manager runs to issue real
+# ServiceAccount tokens, but RBAC matches a ServiceAccount subject by user name
+# (system:serviceaccount:NAMESPACE:NAME), so container/rbac.yaml binds these unmodified.
+AGENT_SA_USER = "system:serviceaccount:kube-system:vip-agent"
+LIMITED_SA_USER = "system:serviceaccount:kube-system:vip-agent-limited"
+SA_GROUPS: tuple[str, ...] = ("system:serviceaccounts", "system:serviceaccounts:kube-system")
 
 # Watched by the agent; uncached watches go to etcd, where compaction produces 410 Gone.
 # (With the watch cache, 410 depends on the cache window instead: any resourceVersion from
