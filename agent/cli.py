@@ -306,9 +306,100 @@ def run(config_file: str | None, **flags: Any) -> None:
     logging.getLogger("vip-agent").info(
         "starting: node=%s interface=%s daemons=%s", node_name, interface, settings.daemons
     )
+    if settings.control_plane_vip:
+        from agent import health
+
+        vip = settings.control_plane_vip
+        prober = health.Prober(
+            check=lambda: health.check(
+                probe_config(agent.settings),
+                vip=vip,
+                holds_vip=holds(vip),
+                vip_port=agent.settings.control_plane_port,
+            ),
+            track_file=Path(settings.health_file),
+            interval=settings.health_interval,
+            fall=settings.health_fall,
+            rise=settings.health_rise,
+        )
+        threading.Thread(target=prober.run, args=(stop,), name="prober", daemon=True).start()
     try:
         agent.run(stop)
     finally:
         for observer in observers:
             observer.stop()
         agent.shutdown()
+
+
+def probe_config(settings: Settings, *, insecure: bool = False) -> Any:
+    from agent import health
+
+    return health.ProbeConfig(
+        url=settings.apiserver_url,
+        ca_file=settings.apiserver_ca_file,
+        # no CA configured: like haproxy's check, TLS without verification
+        insecure=insecure or settings.apiserver_ca_file is None,
+        client_cert=settings.apiserver_client_cert,
+        client_key=settings.apiserver_client_key,
+        token_file=settings.apiserver_token_file,
+        timeout=settings.health_timeout,
+    )
+
+
+def holds(vip: str) -> Callable[[], bool]:
+    import ipaddress
+
+    from agent import netlink
+
+    address = ipaddress.ip_address(vip)
+    return lambda: netlink.interface_for(address) is not None
+
+
+@main.command("check-apiserver")
+@click.option("--url", default=None, help="Health URL [setting apiserver_url].")
+@click.option("--ca-file", default=None, help="CA bundle to verify the apiserver with.")
+@click.option("--insecure-skip-tls-verify", is_flag=True, help="Do not verify the certificate.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for an answer.")
+@click.option("--client-cert", default=None, help="Client certificate.")
+@click.option("--client-key", default=None, help="Client key.")
+@click.option("--token-file", default=None, help="File with a bearer token.")
+@click.option("--config", "config_file", default=None, help="Settings file.")
+def check_apiserver(
+    url: str | None,
+    ca_file: str | None,
+    insecure_skip_tls_verify: bool,
+    timeout: float | None,
+    client_cert: str | None,
+    client_key: str | None,
+    token_file: str | None,
+    config_file: str | None,
+) -> None:
+    """Exit 0 when the local apiserver answers /readyz with HTTP 200 (a keepalived vrrp_script).
+
+    When this node holds the control-plane VIP, the check also goes through the VIP.
+    401, 403 and 500 are failures. The reason is printed on stderr.
+    """
+    from agent import health
+
+    flags = {
+        "apiserver_url": url,
+        "apiserver_ca_file": ca_file,
+        "health_timeout": timeout,
+        "apiserver_client_cert": client_cert,
+        "apiserver_client_key": client_key,
+        "apiserver_token_file": token_file,
+    }
+    try:
+        settings = load_settings(config_file, flags)
+    except SettingsError as err:
+        fail(str(err))
+        return
+    vip = settings.control_plane_vip
+    result = health.check(
+        probe_config(settings, insecure=insecure_skip_tls_verify),
+        vip=vip,
+        holds_vip=holds(vip) if vip else (lambda: False),
+        vip_port=settings.control_plane_port,
+    )
+    click.echo(("healthy: " if result.ok else "unhealthy: ") + result.reason, err=True)
+    sys.exit(0 if result.ok else 1)

@@ -204,6 +204,39 @@ class Settings:
             "verification (the check still needs TLS and HTTP 200)."
         ),
     )
+    apiserver_url: str = field(
+        default="https://127.0.0.1:6443/readyz",
+        metadata=_doc("The local apiserver's health endpoint the prober and check-apiserver GET."),
+    )
+    apiserver_client_cert: str | None = field(
+        default=None, metadata=_doc("Client certificate for the apiserver health check.")
+    )
+    apiserver_client_key: str | None = field(
+        default=None, metadata=_doc("Key of apiserver_client_cert.")
+    )
+    apiserver_token_file: str | None = field(
+        default=None,
+        metadata=_doc("File holding a bearer token for the health check; never logged."),
+    )
+    health_interval: float = field(
+        default=0.1, metadata=_doc("Seconds between two apiserver probes.")
+    )
+    health_timeout: float = field(
+        default=0.5, metadata=_doc("A probe without an answer within this many seconds fails.")
+    )
+    health_fall: int = field(
+        default=2, metadata=_doc("Consecutive failed probes before the apiserver counts as down.")
+    )
+    health_rise: int = field(
+        default=3, metadata=_doc("Consecutive good probes before it counts as up again.")
+    )
+    control_plane_advert_int: float | None = field(
+        default=None,
+        metadata=_doc(
+            "advert_int of the control-plane instance; default 0.2 s with VRRPv3 (a dead "
+            "master is noticed in about 0.65 s), 1 s with VRRPv2."
+        ),
+    )
     health_file: str = field(
         default="/run/vip-agent/apiserver.health",
         metadata=_doc("keepalived track_file the apiserver prober writes (0 healthy, 1 failing)."),
@@ -277,6 +310,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def cp_advert_int(self) -> float:
+        if self.control_plane_advert_int is not None:
+            return self.control_plane_advert_int
+        return 0.2 if self.vrrp_version == 3 else 1.0
 
     @property
     def configmap_ref(self) -> tuple[str, str]:
@@ -368,7 +407,15 @@ def _validate(s: Settings) -> None:
         if eq and not DNS_SUBDOMAIN.match(bname):
             _fail("control_plane_backends", backend, "NAME must be a DNS name")
         _check_ip("control_plane_backends", addr)
-    for name in ("health_file", "haproxy_stats_socket", "apiserver_ca_file", "vrrp_notify_fifo"):
+    for name in (
+        "health_file",
+        "haproxy_stats_socket",
+        "apiserver_ca_file",
+        "vrrp_notify_fifo",
+        "apiserver_client_cert",
+        "apiserver_client_key",
+        "apiserver_token_file",
+    ):
         value = getattr(s, name)
         if value is not None and not _PATH.match(value):
             _fail(name, value, "must be an absolute path of [A-Za-z0-9_./@+-]")
@@ -378,6 +425,20 @@ def _validate(s: Settings) -> None:
         _fail("haproxy_hard_stop_after", s.haproxy_hard_stop_after, "0-86400 seconds")
     if s.daemons not in ("supervise", "systemd", "none"):
         _fail("daemons", s.daemons, "supervise, systemd or none")
+    if not 0.01 <= s.health_interval <= 60:
+        _fail("health_interval", s.health_interval, "0.01-60 seconds")
+    if not 0.01 <= s.health_timeout <= 60:
+        _fail("health_timeout", s.health_timeout, "0.01-60 seconds")
+    for name in ("health_fall", "health_rise"):
+        if not 1 <= getattr(s, name) <= 100:
+            _fail(name, getattr(s, name), "1-100")
+    if not s.apiserver_url.startswith("https://"):
+        _fail("apiserver_url", s.apiserver_url, "must be https://HOST[:PORT]/PATH")
+    cp_advert = s.cp_advert_int
+    if s.vrrp_version == 2 and cp_advert != int(cp_advert):
+        _fail("control_plane_advert_int", cp_advert, "VRRPv2 needs whole seconds")
+    if not 0.01 <= cp_advert <= 255:
+        _fail("control_plane_advert_int", cp_advert, "0.01-255 seconds")
     if not 0 <= s.keepalived_reload_interval <= 300:
         _fail("keepalived_reload_interval", s.keepalived_reload_interval, "0-300 seconds")
     if not 0 <= s.coalesce_seconds <= 60:

@@ -594,6 +594,7 @@ def _instance(
     penalty: int = 0,
     track_file: str | None = None,
     owners: tuple[str, ...] = (),
+    advert_int: float | None = None,
 ) -> VrrpInstance:
     version = 3 if family == 6 else settings.vrrp_version
     unicast_src: IPAddress | None = None
@@ -618,7 +619,7 @@ def _instance(
         interface=interface,
         virtual_router_id=vrid,
         priority=priority_for(node_name, name) - penalty,
-        advert_int=settings.advert_int,
+        advert_int=settings.advert_int if advert_int is None else advert_int,
         version=version,
         vips=ordered[:1],
         excluded_vips=ordered[1:],
@@ -696,6 +697,7 @@ def translate(
                 eligible=cp_nodes,
                 track_file=HEALTH_TRACK,
                 owners=("settings control_plane_vip",),
+                advert_int=settings.cp_advert_int,
             )
         )
         apiserver = _apiserver(settings, cp_vip, nodes, cp_nodes, rej)
@@ -826,9 +828,11 @@ def _apiserver(
         servers=tuple(sorted(servers, key=lambda s: (s.name, s.address.version, int(s.address)))),
         verify=settings.apiserver_ca_file is not None,
         ca_file=settings.apiserver_ca_file,
-        check_inter_ms=1000,
-        check_fastinter_ms=250,
-        check_downinter_ms=1000,
+        # a failing apiserver leaves rotation within inter + fastinter (0.7 s); a
+        # recovered one returns after two good checks 500 ms apart
+        check_inter_ms=500,
+        check_fastinter_ms=200,
+        check_downinter_ms=500,
         check_fall=2,
         check_rise=2,
     )
