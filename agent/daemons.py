@@ -102,15 +102,22 @@ def verified_process(pidfile: Path, exe: str, config: Path) -> psutil.Process | 
 
 
 class _Backoff:
-    """Restart delays 0.5 s doubling to 30 s; reset after a child ran for a minute."""
+    """Restart delays 0.5 s doubling to 30 s; back to 0.5 s once a child ran 5 s.
 
-    def __init__(self, clock: Clock, first: float = 0.5, cap: float = 30.0) -> None:
-        self.clock, self.first, self.cap = clock, first, cap
+    A daemon that dies within seconds of starting is crash-looping (a bad binary, a
+    missing capability) and must not be restarted in a hot loop; one that ran for a
+    while and was killed should come back at once, because the VIP is waiting for it.
+    """
+
+    def __init__(
+        self, clock: Clock, first: float = 0.5, cap: float = 30.0, healthy_after: float = 5.0
+    ) -> None:
+        self.clock, self.first, self.cap, self.healthy_after = clock, first, cap, healthy_after
         self.delay = first
         self.not_before = 0.0
 
     def died(self, started_at: float) -> None:
-        if self.clock() - started_at > 60:
+        if self.clock() - started_at >= self.healthy_after:
             self.delay = self.first
         self.not_before = self.clock() + self.delay
         self.delay = min(self.delay * 2, self.cap)

@@ -3,8 +3,9 @@
     python tests/standin_apiserver.py --bind ADDR --port PORT --cert C --key K --mode-file F
 
 The mode file holds what /readyz does: ``200`` (default, also when the file is absent),
-``401``, ``403``, ``500``, or ``hang`` (accept, never answer).  Every other path answers
-200 with the server's name, so a client going through haproxy can tell who answered.
+``401``, ``403``, ``500``, or ``hang`` (accept, never answer); every other path does the
+same, so a client going through haproxy sees an unhealthy apiserver fail.  The body names
+the server, so a client can tell who answered.
 A stand-in, because a real apiserver whose readiness can be flipped on demand per node
 cannot run in these namespaces; the real one is exercised by tests/kube.
 """
@@ -19,6 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def make_certificate(directory: Path, addresses: list[str]) -> tuple[Path, Path]:
@@ -44,14 +46,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: StandIn
 
     def do_GET(self) -> None:
-        if self.path.startswith("/readyz"):
-            mode = self.server.mode()
-            if mode == "hang":
-                time.sleep(30)
-                return
-            status = int(mode) if mode.isdigit() else 200
-        else:
-            status = 200
+        # the mode applies to every path: an unhealthy apiserver fails real requests too
+        mode = self.server.mode()
+        if mode == "hang":
+            time.sleep(30)
+            return
+        status = int(mode) if mode.isdigit() else 200
         body = f"{self.server.name} {status}\n".encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -68,11 +68,21 @@ class StandIn(http.server.ThreadingHTTPServer):
     def __init__(self, bind: str, port: int, cert: Path, key: Path, mode_file: Path) -> None:
         self.address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         super().__init__((bind, port), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
         self.mode_file = mode_file
         self.name = bind
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake happens here, in the connection's own thread: done on the
+        # listening socket, one client that connects and says nothing (a TCP health
+        # check, a partitioned peer) would block every other client.
+        request.settimeout(5)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return
+        self.RequestHandlerClass(tls, client_address, self)
 
     def mode(self) -> str:
         try:
