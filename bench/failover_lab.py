@@ -126,8 +126,28 @@ class FailoverLab:
 
         wait_for(stable, timeout=timeout, interval=0.05, what="one stable master")
         start = time.time()
-        wait_for(lambda: self.first_ok(start) is not None, timeout=10, what="client answered")
+        try:
+            # after a heal a client may still send to the old master's MAC until its ARP
+            # entry is re-resolved; that is the network's time, not a failover's
+            wait_for(lambda: self.first_ok(start) is not None, timeout=40, what="client answered")
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}; {self.diagnose()}") from None
         return next(iter(self.watch.current()))
+
+    def diagnose(self) -> str:
+        """Who holds the VIP, and where the client's ARP entry points."""
+        macs = {}
+        for name in NODES:
+            link = self.lab[name].run("ip", "-j", "link", "show", "eth0").stdout
+            macs[json.loads(link)[0]["address"]] = name
+        neigh = self.lab["cl"].run("ip", "neigh", "show", VIP).stdout.strip()
+        pointed = next((n for mac, n in macs.items() if mac in neigh), "?")
+        live = sorted(n for n in NODES if self.lab[n].has(VIP))
+        alive = self.watch.alive()
+        return (
+            f"holders={sorted(self.watch.current())} (live {live}, watcher alive {alive}) "
+            f"client ARP: {neigh!r} (= {pointed})"
+        )
 
     def requests(self, since: float) -> list[tuple[float, bool]]:
         out = []

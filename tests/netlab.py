@@ -256,6 +256,9 @@ class VipWatch:
                 found = stamp
         return None if found is None else max(found, since)
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
