@@ -89,6 +89,8 @@ class Status:
     state: DesiredState | None = None
     pending_reloads: set[str] = field(default_factory=set)
     reload_outcomes: dict[str, ReloadOutcome] = field(default_factory=dict)
+    heartbeat: float | None = None
+    """Clock time the loop last went round (liveness: /healthz)."""
 
 
 class Agent:
@@ -222,6 +224,7 @@ class Agent:
             daemon.start()
         dirty_since: float | None = None
         while not stop.is_set():
+            self.status.heartbeat = self.clock()
             timeout = tick
             if dirty_since is not None:
                 timeout = min(timeout, max(0.0, dirty_since + window - self.clock()))

@@ -292,12 +292,18 @@ class EventRecorder:
             if r.kind in self.KINDS and r.obj.count("/") == 1:
                 current.setdefault((r.kind, r.obj, r.key, r.reason), r)
         now = self.clock()
-        for key in sorted(current):
-            seen = self._recorded.get(key)
-            if seen is None:
-                self._create(key, current[key], snapshot)
-            elif key not in self._active or now - seen.last >= self.repeat_after:
-                self._repeat(key, current[key], seen)
+        try:
+            for key in sorted(current):
+                seen = self._recorded.get(key)
+                if seen is None:
+                    self._create(key, current[key], snapshot)
+                elif key not in self._active or now - seen.last >= self.repeat_after:
+                    self._repeat(key, current[key], seen)
+        except Unreachable as err:
+            # the rest would wait out the same timeout one by one; try again next pass
+            self.stats.failed += 1
+            log.warning("events: API server unreachable (%s); trying again later", err)
+            return
         self._active = set(current)
 
     def _involved(self, rejection: Rejection, snapshot: Snapshot) -> dict[str, Any] | None:
@@ -381,10 +387,6 @@ class EventRecorder:
             else:
                 log.warning("event %s %s: %s", verb, path, err)
             return False
-        except Unreachable as err:
-            self.stats.failed += 1
-            log.warning("event %s %s: %s", verb, path, err)
-            return False
         return True
 
 
@@ -442,11 +444,17 @@ class StatusWriter:
             else:
                 del self._written[key]
         done: list[IngressChange] = []
-        for change in changes:
-            if self._sent.get(change.service) == (change.ingress, change.current):
-                continue  # already asked for exactly this; the watch has not caught up
-            if self._patch(change):
-                done.append(change)
+        try:
+            for change in changes:
+                if self._sent.get(change.service) == (change.ingress, change.current):
+                    continue  # already asked for exactly this; the watch has not caught up
+                if self._patch(change):
+                    done.append(change)
+        except Unreachable as err:
+            # the rest would wait out the same timeout one by one; the next pass retries
+            self.stats.failures += 1
+            self.stats.last_error = str(err)
+            log.warning("ingress: API server unreachable (%s); trying again later", err)
         return done
 
     def _patch(self, change: IngressChange) -> bool:
@@ -470,11 +478,6 @@ class StatusWriter:
                 ' (RBAC must allow verb "patch" on "services/status")' if err.status == 403 else ""
             )
             log.log(level, "ingress of Service %s/%s: %s%s", namespace, name, err, hint)
-            return False
-        except Unreachable as err:
-            self.stats.failures += 1
-            self.stats.last_error = str(err)
-            log.warning("ingress of Service %s/%s: %s", namespace, name, err)
             return False
         self.stats.patches += 1
         self._sent[change.service] = (change.ingress, change.current)
@@ -533,7 +536,7 @@ class WriteBack:
         if self.status is not None:
             try:
                 held = self.held_vips()
-            except OSError as err:
+            except Exception as err:  # pyroute2's NetlinkError is not an OSError
                 log.warning("cannot read the VIPs this node holds (%s); using priorities", err)
                 held = None
             self.status.sync(snapshot=snapshot, state=state, settings=settings, held_vips=held)

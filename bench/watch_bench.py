@@ -301,72 +301,76 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def measure(
-    child: Child, api: Any, count: int, changes: int, rng: random.Random, window: float
-) -> None:
-    base = f"/api/v1/namespaces/{NAMESPACE}"
-    merge = "application/merge-patch+json"
-    pool = iter(CHANGE_POOL.hosts())
-    ports = dict.fromkeys(range(count), 80)
-    totals: list[float] = []
-    stages: dict[str, list[float]] = {"watch": [], "coalesce": [], "translate": [], "render": []}
-    kinds: dict[str, list[float]] = {"Endpoints": [], "Service": []}
-    candidates = [i for i in range(count) if ipaddress.ip_address(vip(i)).version == 4]
-    for n in range(changes + 5):  # the first 5 warm up
-        i = rng.choice(candidates)
+class Changes:
+    """The changes the parent makes; state kept across runs so each one really changes."""
+
+    def __init__(self, api: Any, rng: random.Random) -> None:
+        self.api = api
+        self.rng = rng
+        self.pool = iter(CHANGE_POOL.hosts())
+        self.ports: dict[int, int] = {}
+
+    def make(self, n: int, count: int) -> tuple[str, str]:
+        """Change a random IPv4 Service (n even: its Endpoints); (kind, marker in the file)."""
+        base = f"/api/v1/namespaces/{NAMESPACE}"
+        merge = "application/merge-patch+json"
+        i = self.rng.choice([i for i in range(count) if ipaddress.ip_address(vip(i)).version == 4])
         if n % 2 == 0:
-            kind = "Endpoints"
-            new_ip = str(next(pool))
-            ips = [new_ip, *endpoint_ips(i)[1:]]
+            new_ip = str(next(self.pool))
             body = {
                 "subsets": [
                     {
-                        "addresses": [{"ip": ip, "nodeName": "node-1"} for ip in ips],
+                        "addresses": [
+                            {"ip": ip, "nodeName": "node-1"}
+                            for ip in (new_ip, *endpoint_ips(i)[1:])
+                        ],
                         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                     }
                 ]
             }
-            api.request("PATCH", f"{base}/endpoints/svc-{i}", body=body, content_type=merge)
-            marker = f"real_server {new_ip} 8080"
-        else:
-            kind = "Service"
-            ports[i] = 81 if ports[i] == 80 else 80
-            spec = service(i)["spec"]
-            spec["ports"][0]["port"] = ports[i]
-            api.request(
-                "PATCH", f"{base}/services/svc-{i}", body={"spec": spec}, content_type=merge
-            )
-            marker = f"virtual_server {vip(i)} {ports[i]} {{"
+            self.api.request("PATCH", f"{base}/endpoints/svc-{i}", body=body, content_type=merge)
+            return "Endpoints", f"real_server {new_ip} 8080"
+        port = 81 if self.ports.get(i, 80) == 80 else 80
+        self.ports[i] = port
+        spec = service(i)["spec"]
+        spec["ports"][0]["port"] = port
+        self.api.request(
+            "PATCH", f"{base}/services/svc-{i}", body={"spec": spec}, content_type=merge
+        )
+        return "Service", f"virtual_server {vip(i)} {port} {{"
+
+
+def measure(child: Child, changes: Changes, count: int, runs: int, window: float) -> None:
+    totals: list[float] = []
+    stages: dict[str, list[float]] = {"watch": [], "coalesce": [], "translate": [], "render": []}
+    kinds: dict[str, list[float]] = {"Endpoints": [], "Service": []}
+    for n in range(runs + 5):  # the first 5 warm up
+        kind, marker = changes.make(n, count)
         accepted = time.monotonic()
         record = child.wait_for_file(marker, timeout=30)
-        if n < 5:
-            continue
-        total = record["applied"] - accepted
-        totals.append(total)
-        kinds[kind].append(total)
-        if record["notify"] and record["snapshot"] and record["rendered"]:
-            stages["watch"].append(record["notify"] - accepted)
-            stages["coalesce"].append(record["snapshot"] - record["notify"])
-            stages["translate"].append(record["rendered"] - record["snapshot"])
-            stages["render"].append(record["applied"] - record["rendered"])
-        time.sleep(rng.uniform(0.01, 0.05))
+        if n >= 5:
+            total = record["applied"] - accepted
+            totals.append(total)
+            kinds[kind].append(total)
+            if record["notify"] and record["snapshot"] and record["rendered"]:
+                stages["watch"].append(record["notify"] - accepted)
+                stages["coalesce"].append(record["snapshot"] - record["notify"])
+                stages["translate"].append(record["rendered"] - record["snapshot"])
+                stages["render"].append(record["applied"] - record["rendered"])
+        time.sleep(changes.rng.uniform(0.01, 0.05))
     ms = 1000.0
-    print(
-        f"  {len(totals)} changes ({len(kinds['Endpoints'])} Endpoints, {len(kinds['Service'])} Service)"
-    )
-    print(
-        f"  change accepted -> file on disk: p50 {percentile(totals, 50) * ms:.0f} ms, "
-        f"p99 {percentile(totals, 99) * ms:.0f} ms, max {max(totals) * ms:.0f} ms"
-    )
-    print(
-        f"  beyond the {window * ms:.0f} ms coalescing window: "
-        f"p50 {(percentile(totals, 50) - window) * ms:.0f} ms, "
-        f"p99 {(percentile(totals, 99) - window) * ms:.0f} ms"
-    )
+
+    def p50_99(values: list[float]) -> str:
+        p50, p99 = percentile(values, 50) * ms, percentile(values, 99) * ms
+        return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+
+    print(f"  {len(totals)} changes ({len(kinds['Endpoints'])} Endpoints, ", end="")
+    print(f"{len(kinds['Service'])} Service), one at a time, 10-50 ms apart")
+    print(f"  change accepted -> file on disk: {p50_99(totals)}, max {max(totals) * ms:.0f} ms")
+    beyond = [t - window for t in totals]
+    print(f"  beyond the {window * ms:.0f} ms coalescing window: {p50_99(beyond)}")
     for kind, values in kinds.items():
-        print(
-            f"    {kind:>9}: p50 {percentile(values, 50) * ms:.0f} ms, p99 {percentile(values, 99) * ms:.0f} ms"
-        )
+        print(f"    {kind:>9} changes: {p50_99(values)}")
     print("  stages (p50 / p99 ms):")
     for name, label in (
         ("watch", "watch delivery (answer -> notify)"),
@@ -375,9 +379,8 @@ def measure(
         ("render", "render + apply (write, fsync, swap)"),
     ):
         values = stages[name]
-        print(
-            f"    {label:<40} {percentile(values, 50) * ms:7.1f} / {percentile(values, 99) * ms:7.1f}"
-        )
+        p50, p99 = percentile(values, 50) * ms, percentile(values, 99) * ms
+        print(f"    {label:<40} {p50:7.1f} / {p99:7.1f}")
 
 
 def main() -> None:
@@ -410,9 +413,11 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         print(
-            f"kube-apiserver 1.20.2 + etcd on 127.0.0.1 (watch cache on), started in {server.start_seconds:.1f} s"
+            "kube-apiserver 1.20.2 + etcd on 127.0.0.1 (watch cache on), started in "
+            f"{server.start_seconds:.1f} s"
         )
         api = KubeApi(server.api_client())
+        changes = Changes(api, rng)
         api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
         for k in range(NODES):
             node = {
@@ -442,10 +447,11 @@ def main() -> None:
                 f"(peak {first['peak'] / 1e6:.0f} MB)"
             )
             print(
-                f"latency at {args.services} Services, coalescing window {args.window * 1000:.0f} ms, "
-                f"validators: accept-all (no keepalived -t), spread + unicast, 5 nodes:"
+                f"latency at {args.services} Services, coalescing window "
+                f"{args.window * 1000:.0f} ms, validators accept-all (no keepalived -t), "
+                "spread + unicast, 5 nodes:"
             )
-            measure(agent, api, args.services, args.changes, rng, args.window)
+            measure(agent, changes, args.services, args.changes, args.window)
             if args.grow_to > args.services:
                 took = load(api, args.services, args.grow_to, deadline)
                 set_configmap(api, args.grow_to)
@@ -470,7 +476,7 @@ def main() -> None:
                     f"(peak {info['peak'] / 1e6:.0f} MB)"
                 )
                 print(f"latency at {args.grow_to} Services (50 changes, for information):")
-                measure(fresh, api, args.grow_to, 50, rng, args.window)
+                measure(fresh, changes, args.grow_to, 50, args.window)
             finally:
                 fresh.stop()
 

@@ -185,6 +185,10 @@ class KubeApi:
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
+        if not callable(getattr(api_client, "param_serialize", None)):
+            # clients generated before openapi-generator 7 (kubernetes < 37) build and send
+            # requests through a different call_api signature
+            raise TypeError("KubeApi needs a kubernetes.client.ApiClient from kubernetes >= 37")
         self.api_client = api_client
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -530,6 +534,7 @@ class _Watcher:
             except _Gone as gone:
                 log.info("%s: %s; listing again", self.name, gone)
                 self.resource_version = None
+                source.on_restart(self.name)
             except ApiError as err:
                 self._failed(verb, resource, err)
             except Unreachable as err:
@@ -561,6 +566,7 @@ class _Watcher:
             self._set_error(f"API server unreachable ({verb} {what}): {err}", logging.WARNING)
         else:
             self._set_error(f"{verb} {what}: {type(err).__name__}: {err}", logging.ERROR)
+        self.source.on_restart(self.name)
         self.source.sleep(self.backoff.next())
 
     def _set_error(self, message: str, level: int) -> None:
@@ -711,8 +717,11 @@ class KubeSource:
         sleep: Callable[[float], object] | None = None,
         random: Callable[[], float] = random_mod.random,
         clock: Callable[[], float] = time.monotonic,
+        on_restart: Callable[[str], None] = lambda resource: None,
     ) -> None:
         self.api = api
+        self.on_restart = on_restart
+        """Told the resource name whenever a watch starts over (410 relist or an error)."""
         self.error: str | None = None
         self.watch_timeout = watch_timeout
         self.page_size = page_size

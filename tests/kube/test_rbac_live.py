@@ -1,0 +1,239 @@
+"""container/rbac.yaml on a real kube-apiserver 1.20: enough for the agent, and no more.
+
+No controller-manager runs, so no ServiceAccount token can be issued.  The fixture instead
+has static tokens whose user names are ServiceAccount names
+(``system:serviceaccount:kube-system:vip-agent``); RBAC matches a ServiceAccount subject by
+that user name, so rbac.yaml is applied exactly as shipped.  The "one verb missing" case
+applies a copy renamed to ``vip-agent-limited`` (bound to a second such identity) so the
+real role is never edited under other tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from ipaddress import ip_address
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from agent.model import Rejection
+from agent.settings import Settings
+from agent.snapshot import Snapshot
+from agent.sources.kube import ENDPOINTS, ApiError, KubeApi
+from agent.translate import translate
+from agent.writeback import EventRecorder, StatusWriter
+from tests import objects
+from tests.kube.apiserver import AGENT_SA_USER, LIMITED_SA_USER
+from tests.kube.cluster import Cluster, eventually, rbac_documents, running, source_for
+
+CM = ("kube-system", "vip-configmap")
+
+
+@pytest.fixture
+def agent_rbac(cluster: Cluster) -> None:
+    cluster.apply_rbac(rbac_documents())
+    try:
+        cluster.read("ConfigMap", *CM)
+    except ApiException:
+        cluster.create(objects.configmap({}))
+
+
+def limited_documents(drop_verb: str, resource: str) -> list[dict[str, Any]]:
+    """rbac.yaml renamed to vip-agent-limited, with ``drop_verb`` gone for ``resource``."""
+    docs = copy.deepcopy(rbac_documents())
+    for doc in docs:
+        if doc["kind"] == "ServiceAccount":
+            doc["metadata"]["name"] = "vip-agent-limited"
+            continue
+        doc["metadata"]["name"] = doc["metadata"]["name"].replace("vip-agent", "vip-agent-limited")
+        if "roleRef" in doc:
+            doc["roleRef"]["name"] = doc["roleRef"]["name"].replace(
+                "vip-agent", "vip-agent-limited"
+            )
+            doc["subjects"][0]["name"] = "vip-agent-limited"
+        rules: list[dict[str, Any]] = []
+        for rule in doc.get("rules", []):
+            if resource in rule["resources"]:
+                others = [r for r in rule["resources"] if r != resource]
+                if others:
+                    rules.append({**rule, "resources": others})
+                verbs = [v for v in rule["verbs"] if v != drop_verb]
+                if verbs:  # a rule needs at least one verb
+                    rules.append({**rule, "resources": [resource], "verbs": verbs})
+            else:
+                rules.append(rule)
+        if "rules" in doc:
+            doc["rules"] = rules
+    return docs
+
+
+def test_rbac_yaml_is_enough_for_the_agent(
+    cluster: Cluster, agent_rbac: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    apiserver = cluster.apiserver
+    token = apiserver.token_for(AGENT_SA_USER)
+    ns = cluster.namespace()
+    cluster.create(
+        objects.service(
+            "lb",
+            [objects.port("http", 80)],
+            namespace=ns,
+            type="LoadBalancer",
+            loadBalancerIP="192.0.2.60",
+        )
+    )
+    cluster.patch("ConfigMap", *CM, {"data": {"192.0.2.61": "", "not-an-ip": ""}})
+    source = source_for(apiserver, CM, token=token)
+    with caplog.at_level(logging.ERROR, logger="vip-agent"), running(source):
+        # RBAC is read from an informer: a fresh binding may take a moment to apply
+        eventually(lambda: source.error is None, what="no RBAC error", timeout=20)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        snapshot = source.snapshot()
+        assert source.endpoints.resource is ENDPOINTS
+        assert snapshot.configmaps[CM]["data"]["192.0.2.61"] == ""
+        assert (ns, "lb") in snapshot.services
+
+        # write-back with the same identity: services/status and events
+        api = KubeApi(apiserver.api_client(token))
+        settings = Settings(configmap="kube-system/vip-configmap")
+        static = Snapshot.build(
+            services=snapshot.services,
+            slices=(),
+            endpoints={},
+            configmaps=snapshot.configmaps,
+            nodes={},
+            nodes_known=False,
+        )
+        state = translate(static, settings, node_name="node-a", interface="eth0")
+        writer = StatusWriter(api=api, node_name="node-a")
+        ip = ip_address("192.0.2.60")
+        done = writer.sync(snapshot=static, state=state, settings=settings, held_vips={ip})
+        assert [c.service for c in done] == [(ns, "lb")]
+        assert writer.stats.failures == 0
+        ingress = cluster.read("Service", ns, "lb")["status"]["loadBalancer"]["ingress"]
+        assert ingress == [{"ip": "192.0.2.60"}]
+        events = EventRecorder(api=api, node_name="node-a")
+        events.record(state.rejections, static)
+        assert events.stats.created == 1 and events.stats.failed == 0
+        events.record([], static)
+        events.record(state.rejections, static)  # came back: count patched
+        assert events.stats.patched == 1 and events.stats.failed == 0
+
+
+def test_rbac_yaml_allows_nothing_more(cluster: Cluster, agent_rbac: None) -> None:
+    apiserver = cluster.apiserver
+    api = KubeApi(apiserver.api_client(apiserver.token_for(AGENT_SA_USER)))
+    ns = cluster.namespace()
+    cluster.create(objects.service("web", [objects.port("http", 80)], namespace=ns))
+    cluster.create(objects.configmap({"x": "y"}, namespace="kube-system", name="other-config"))
+    denied: list[tuple[str, str, list[tuple[str, str]], dict[str, Any] | None]] = [
+        ("GET", "/api/v1/namespaces/kube-system/configmaps", [], None),  # not by name
+        (
+            "GET",
+            "/api/v1/namespaces/kube-system/configmaps",
+            [("fieldSelector", "metadata.name=other-config")],
+            None,
+        ),
+        ("GET", "/api/v1/namespaces/kube-system/configmaps/vip-configmap", [], None),  # no get
+        ("GET", "/api/v1/secrets", [], None),
+        ("GET", "/api/v1/pods", [], None),
+        ("GET", f"/api/v1/namespaces/{ns}/services/web", [], None),  # list/watch, not get
+        ("PATCH", f"/api/v1/namespaces/{ns}/services/web", [], {"spec": {"ports": []}}),
+        ("DELETE", f"/api/v1/namespaces/{ns}/services/web", [], None),
+        ("GET", f"/api/v1/namespaces/{ns}/events", [], None),
+        ("DELETE", "/api/v1/nodes/whatever", [], None),
+    ]
+    for method, path, query, body in denied:
+        with pytest.raises(ApiError) as err:
+            api.request(
+                method,
+                path,
+                query=query,
+                body=body,
+                content_type="application/merge-patch+json" if body else None,
+            )
+        assert err.value.status == 403, (method, path, err.value)
+    # ... while listing the one ConfigMap by name is allowed (resourceNames + fieldSelector)
+    page = api.request(
+        "GET",
+        "/api/v1/namespaces/kube-system/configmaps",
+        query=[("fieldSelector", "metadata.name=vip-configmap")],
+    )
+    assert [i["metadata"]["name"] for i in page["items"]] == ["vip-configmap"]
+
+
+def test_missing_verb_fails_loudly_naming_it(
+    cluster: Cluster, agent_rbac: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    apiserver = cluster.apiserver
+    cluster.apply_rbac(limited_documents(drop_verb="watch", resource="services"))
+    token = apiserver.token_for(LIMITED_SA_USER)
+    source = source_for(apiserver, CM, token=token, sync_timeout=5)
+    with caplog.at_level(logging.ERROR, logger="vip-agent.kube"), running(source):
+        expected = (
+            'forbidden: cannot watch services at the cluster scope (user "'
+            f'{LIMITED_SA_USER}"); RBAC must allow verb "watch" on "services" in API group ""'
+        )
+        eventually(lambda: expected in (source.error or ""), what="watch forbidden", timeout=20)
+        # the other kinds work: only the missing permission is reported
+        eventually(
+            lambda: all(w.error is None for w in source.watchers if w is not source.services),
+            what="other kinds fine",
+        )
+        loud = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any(expected in m for m in loud), loud
+        # listing works (list is allowed), so the last good Services are there
+        assert source.services.synced
+
+
+def test_missing_status_patch_fails_loudly(
+    cluster: Cluster, agent_rbac: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    apiserver = cluster.apiserver
+    cluster.apply_rbac(limited_documents(drop_verb="patch", resource="services/status"))
+    ns = cluster.namespace()
+    cluster.create(
+        objects.service(
+            "lb",
+            [objects.port("http", 80)],
+            namespace=ns,
+            type="LoadBalancer",
+            loadBalancerIP="192.0.2.62",
+        )
+    )
+    service = cluster.read("Service", ns, "lb")
+    snapshot = Snapshot.build(
+        services={(ns, "lb"): service},
+        slices=(),
+        endpoints={},
+        configmaps={},
+        nodes={},
+        nodes_known=False,
+    )
+    settings = Settings()
+    state = translate(snapshot, settings, node_name="node-a", interface="eth0")
+    api = KubeApi(apiserver.api_client(apiserver.token_for(LIMITED_SA_USER)))
+    writer = StatusWriter(api=api, node_name="node-a")
+
+    def attempt() -> bool:
+        writer.sync(snapshot=snapshot, state=state, settings=settings, held_vips=None)
+        return writer.stats.failures > 0
+
+    with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
+        eventually(attempt, what="patch refused", timeout=20)
+    assert "403" in (writer.stats.last_error or "")
+    assert any(
+        'RBAC must allow verb "patch" on "services/status"' in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )
+    events = EventRecorder(api=api, node_name="node-a")
+    rejection = Rejection("Service", f"{ns}/lb", "spec.loadBalancerIP", "test")
+    with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
+        events.record([rejection], snapshot)
+    assert events.stats.created == 1  # events are still allowed
+    body = json.dumps(cluster.read("Service", ns, "lb").get("status"))
+    assert "192.0.2.62" not in body
