@@ -169,6 +169,46 @@ def show_settings(reference: bool, config_file: str | None, **flags: Any) -> Non
     click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@settings_options
+def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
+    """What this node holds now: VIPs per VRRP instance, state, health, last apply, rejections.
+
+    Reads the status file the running agent keeps in run_dir, and the interface's live
+    addresses. Exit 0 when the agent is running, 1 when it is not (the last status is
+    still shown), 2 when there is no status to show.
+    """
+    import json
+
+    from agent import netlink
+    from agent import status as status_mod
+
+    try:
+        settings = load_settings(config_file, flags)
+        document = status_mod.read(Path(settings.run_dir) / status_mod.FILE_NAME)
+    except (SettingsError, status_mod.NoStatus) as err:
+        fail(str(err))
+        return
+    interface = str(document.get("interface") or settings.interface or "")
+    try:
+        on_interface = {a for a, _ in netlink.addresses(interface)} if interface else None
+    except OSError:
+        on_interface = None
+    document = status_mod.live(document, on_interface)
+    if as_json:
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        click.echo(status_mod.human(document), nl=False)
+    if not document["running"]:
+        click.echo(
+            f"error: vip-agent (pid {document.get('pid')}) is not running; "
+            "this is the last status it wrote",
+            err=True,
+        )
+        sys.exit(1)
+
+
 def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> dict[str, Any]:
     from agent import daemons
 
@@ -231,8 +271,12 @@ def run(config_file: str | None, **flags: Any) -> None:
     import threading
 
     from agent import logs, netlink
+    from agent.model import IPAddress
     from agent.reconcile import Agent
+    from agent.sources.kube import KubeApi, KubeSource, api_client_for
     from agent.sources.static import ManifestSource, StaticSource, watch_paths
+    from agent.telemetry import Telemetry
+    from agent.writeback import EventRecorder, StatusWriter, WriteBack
 
     try:
         settings = load_settings(config_file, flags)
@@ -247,15 +291,35 @@ def run(config_file: str | None, **flags: Any) -> None:
     if interface is None:
         fail("setting interface is required (or node_address, to find it)")
         return
+    holder: dict[str, Any] = {}
+    writeback: WriteBack | None = None
     if settings.manifests:
         source: Any = ManifestSource(settings.manifests)
     elif not settings.kubernetes:
         source = StaticSource()
     else:
-        fail("watching an API server is not available yet: use --manifests or --no-kubernetes")
-        return
+        try:
+            kube_api = KubeApi(api_client_for(settings))
+        except Exception as err:  # kubernetes.config.ConfigException, OSError, bad YAML
+            fail(f"no Kubernetes client configuration ({err}); set --kubeconfig or run in a pod")
+            return
+        source = KubeSource(
+            api=kube_api,
+            configmap=settings.configmap_ref,
+            on_restart=lambda resource: holder["telemetry"].metrics.watch_restarted(resource),
+        )
 
-    holder: dict[str, Agent] = {}
+        def held_vips() -> set[IPAddress] | None:
+            # the VIPs keepalived holds here now: the holder writes the Service's ingress
+            return {address for address, _prefix in netlink.addresses(interface)}
+
+        writeback = WriteBack(
+            status=StatusWriter(api=kube_api, node_name=node_name),
+            events=EventRecorder(api=kube_api, node_name=node_name),
+            settings=lambda: holder["agent"].settings,
+            held_vips=held_vips,
+            node_name=node_name,
+        )
 
     def clean_stale_vips() -> None:
         agent = holder["agent"]
@@ -272,6 +336,10 @@ def run(config_file: str | None, **flags: Any) -> None:
                 ", ".join(map(str, removed)),
             )
 
+    telemetry = Telemetry(
+        settings, node_name=node_name, interface=interface, addresses=netlink.addresses
+    )
+    holder["telemetry"] = telemetry
     agent = Agent(
         settings=settings,
         source=source,
@@ -280,8 +348,15 @@ def run(config_file: str | None, **flags: Any) -> None:
         template_dirs=lambda: template_dirs(holder["agent"].settings),
         node_name=node_name,
         interface=interface,
+        observer=telemetry.observer,
+        after_reconcile=writeback.submit if writeback is not None else None,
     )
     holder["agent"] = agent
+    try:  # before the loop: the FIFO must exist when keepalived starts
+        telemetry.start(agent, started=agent.clock())
+    except OSError as err:
+        fail(str(err))
+        return
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -321,14 +396,20 @@ def run(config_file: str | None, **flags: Any) -> None:
             interval=settings.health_interval,
             fall=settings.health_fall,
             rise=settings.health_rise,
+            on_change=telemetry.metrics.set_apiserver_healthy,
         )
         threading.Thread(target=prober.run, args=(stop,), name="prober", daemon=True).start()
+    if writeback is not None:
+        writeback.start()
     try:
         agent.run(stop)
     finally:
         for observer in observers:
             observer.stop()
         agent.shutdown()
+        if writeback is not None:
+            writeback.stop()
+        telemetry.stop()
 
 
 def probe_config(settings: Settings, *, insecure: bool = False) -> Any:

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 _BEARER = re.compile(r"(?i)(bearer\s+|token[=:]\s*)[A-Za-z0-9._~+/=-]{8,}")
 
@@ -26,6 +26,11 @@ class _Redactor:
         for secret in self.secrets:
             text = text.replace(secret, "<redacted>")
         return _BEARER.sub(lambda m: m.group(1) + "<redacted>", text)
+
+
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """The log lines' redactor, for other text that leaves the agent (the status file)."""
+    return _Redactor(secrets)
 
 
 class TextFormatter(logging.Formatter):
@@ -67,4 +72,4 @@ def setup(fmt: str, *, secrets: Iterable[str] = (), level: int = logging.INFO) -
     root.setLevel(level)
     # the kubernetes client logs request bodies at debug; never let them through
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries: 3 lines per failure

@@ -9,6 +9,7 @@ quote or a comment character into keepalived.conf or haproxy.cfg.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,9 @@ KEEPALIVED_TEMPLATE = "keepalived.conf.j2"
 HAPROXY_TEMPLATE = "haproxy.cfg.j2"
 OUTPUTS = {"keepalived.conf": KEEPALIVED_TEMPLATE, "haproxy.cfg": HAPROXY_TEMPLATE}
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.:/@=,\[\] -]*$")
+# everything settings and translate can produce (auth_pass may hold '+'), nothing that
+# keepalived or haproxy read as syntax: no quotes, braces, '#', '!', '$' or newlines
+_SAFE = re.compile(r"^[A-Za-z0-9_.:/@=,+\[\] -]*$")
 
 
 class RenderError(RuntimeError):
@@ -151,9 +154,18 @@ def context(state: DesiredState) -> dict[str, Any]:
 
 
 def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
-    """One explicit environment per render: a user's directory first, packaged ones after."""
+    """One explicit environment per set of template directories: a user's directory
+    first, packaged ones after.  Compiling the templates costs more than rendering a
+    thousand Services, so environments are kept (Jinja re-checks each template's mtime
+    on use, so an edited template is still picked up at once)."""
+    return _environment(tuple(str(d) for d in template_dirs))
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in template_dirs]),
+        loader=jinja2.FileSystemLoader(list(template_dirs)),
+        auto_reload=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         trim_blocks=True,

@@ -256,7 +256,7 @@ def main() -> None:
     results = run(args.trials, args.scenarios)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {time.time() - started:.0f} s")
     print(
-        "settings: shipped defaults (VRRPv3 unicast, control-plane advert_int 0.2 s, prober "
+        "settings: shipped defaults (VRRPv3 unicast, control-plane advert_int 0.1 s, prober "
         "every 0.1 s, fall 2, rise 3, timeout 0.5 s; haproxy inter 500 ms, fastinter 200 ms, "
         "fall 2); client GET every 20 ms, timeout 0.5 s"
     )

@@ -9,6 +9,7 @@ a file that no longer parses is reported and the last good snapshot stays in use
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,12 +41,28 @@ class StaticSource:
 
 
 class _Changed(FileSystemEventHandler):
-    def __init__(self, callback: Callable[[], None]) -> None:
+    """Fires for events on the watched files, or on anything in the watched directories.
+
+    A watched file's directory is watched (editors replace files by rename), but other
+    files there must not count: the agent's own log or status file next to its config
+    would otherwise trigger a reconcile that writes them again, forever.
+    """
+
+    def __init__(
+        self, callback: Callable[[], None], files: set[str], directories: set[str]
+    ) -> None:
         self.callback = callback
+        self.files = files
+        self.directories = directories
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.callback()
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            path = os.fsdecode(raw) if raw else ""
+            if path and (path in self.files or os.path.dirname(path) in self.directories):
+                self.callback()
+                return
 
 
 class Stoppable(Protocol):
@@ -55,10 +72,12 @@ class Stoppable(Protocol):
 def watch_paths(paths: Sequence[Path], callback: Callable[[], None]) -> Stoppable:
     """Call ``callback`` when anything under ``paths`` (files or directories) changes."""
     observer = Observer()
-    handler = _Changed(callback)
+    files = {str(p.absolute()) for p in paths if not p.is_dir()}
+    directories = {str(p.absolute()) for p in paths if p.is_dir()}
+    handler = _Changed(callback, files, directories)
     seen: set[Path] = set()
     for path in paths:
-        directory = path if path.is_dir() else path.parent
+        directory = (path if path.is_dir() else path.parent).absolute()
         if directory not in seen and directory.is_dir():
             seen.add(directory)
             observer.schedule(handler, str(directory), recursive=False)
