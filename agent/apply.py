@@ -44,7 +44,8 @@ class ApplyResult:
         return not self.errors
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write and fsync ``path`` with exactly ``mode`` (whatever the umask)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow it
@@ -71,6 +72,13 @@ def _current(path: Path) -> bytes | None:
         return None
 
 
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Swap ``path`` for new contents atomically: readers see the old or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_file(tmp, data, mode)
+    os.replace(tmp, path)
+
+
 def failed_path(path: Path) -> Path:
     return path.with_name(path.name + ".failed")
 
@@ -86,7 +94,7 @@ def apply(targets: list[Target], files: Mapping[str, str]) -> ApplyResult:
                 continue
             target.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.path.with_name(f".{target.path.name}.vip-agent.tmp")
-            _write(tmp, data, target.mode)
+            write_file(tmp, data, target.mode)
             pending.append((target, tmp))
             # the checker sees the file in the target directory, where relative
             # paths in it resolve as they will for the daemon

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import logging
-import os
 import ssl
 import threading
 import time
@@ -27,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from agent.apply import replace_file
 
 log = logging.getLogger("vip-agent.health")
 
@@ -122,13 +123,7 @@ def _via(url: str, vip: str, port: int) -> str:
 def write_track_file(path: Path, failing: bool) -> None:
     """Replace keepalived's track file atomically: ``1`` lowers priority, ``0`` restores it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, b"1\n" if failing else b"0\n")
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    replace_file(path, b"1\n" if failing else b"0\n", 0o644)
 
 
 class Prober:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from agent.apply import replace_file
 from agent.metrics import reason_code
 from agent.model import IPAddress
 from agent.reconcile import Status
@@ -131,17 +131,7 @@ def build(
 def write(path: Path, document: Mapping[str, Any]) -> None:
     """Replace ``path`` atomically with ``document`` (mode 0644)."""
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    replace_file(path, data, 0o644)
 
 
 class StatusWriter:

@@ -15,3 +15,15 @@ EXAMPLES = ROOT / "examples"
 def checkers() -> Iterator[Checkers]:
     """Real ``keepalived -t`` (in a scratch netns) and ``haproxy -c``."""
     yield from checkers_fixture()
+
+
+@pytest.fixture
+def lab_ready() -> None:
+    """Root, namespaces and the real daemons a namespace lab needs (skip, or fail in CI)."""
+    from tests.daemons import require_binaries, root_skip_reason
+    from tests.requirements import unavailable
+
+    reason = root_skip_reason()
+    if reason:
+        unavailable(reason)
+    require_binaries("keepalived", "haproxy", "openssl", "curl")

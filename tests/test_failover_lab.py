@@ -12,16 +12,8 @@ from __future__ import annotations
 import pytest
 
 from bench import failover_lab
-from tests.daemons import require_binaries, root_skip_reason
-from tests.requirements import unavailable
 
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    reason = root_skip_reason()
-    if reason:
-        unavailable(reason)
-    require_binaries("keepalived", "haproxy", "openssl")
+pytestmark = pytest.mark.usefixtures("lab_ready")
 
 
 def test_failover_scenarios_recover_and_partitions_heal_to_one_master() -> None:

@@ -18,20 +18,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ROOT
-from tests.daemons import require_binaries, root_skip_reason
 from tests.netlab import PYTHON, Host, Lab, agent_config, start_agent, wait_for
-from tests.requirements import unavailable
 
 VIP = "192.0.2.10"
 SECRET = "q7Zx.w9K"
 
 
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    reason = root_skip_reason()
-    if reason:
-        unavailable(reason)
-    require_binaries("keepalived", "haproxy", "curl")
+pytestmark = pytest.mark.usefixtures("lab_ready")
 
 
 def scrape(host: Host, path: str = "/metrics") -> tuple[int, str]:

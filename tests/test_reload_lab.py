@@ -9,16 +9,8 @@ from __future__ import annotations
 import pytest
 
 from bench import haproxy_reload, keepalived_reload
-from tests.daemons import require_binaries, root_skip_reason
-from tests.requirements import unavailable
 
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    reason = root_skip_reason()
-    if reason:
-        unavailable(reason)
-    require_binaries("keepalived", "haproxy")
+pytestmark = pytest.mark.usefixtures("lab_ready")
 
 
 def test_100_keepalived_reloads_that_leave_vrrp_alone_never_move_the_vip() -> None:

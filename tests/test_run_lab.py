@@ -22,20 +22,13 @@ import yaml
 
 from agent.daemons import read_pid
 from tests.conftest import ROOT
-from tests.daemons import require_binaries, root_skip_reason
 from tests.netlab import Host, Lab, agent_config, start_agent, wait_for
 from tests.objects import configmap, endpoint, endpoint_slice, port, service
-from tests.requirements import unavailable
 
 VIP = "192.0.2.10"
 
 
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    reason = root_skip_reason()
-    if reason:
-        unavailable(reason)
-    require_binaries("keepalived", "haproxy")
+pytestmark = pytest.mark.usefixtures("lab_ready")
 
 
 @pytest.fixture
