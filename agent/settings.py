@@ -501,11 +501,17 @@ def selector_matches(selector: tuple[Requirement, ...], labels: Mapping[str, str
 # --- loading ------------------------------------------------------------------
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    # evaluating every annotation is slow; the CLI asks once per option of every command
+    return typing.get_type_hints(Settings)
+
+
 def _base_type(annotation: Any) -> tuple[type, bool]:
     """(scalar type, is_tuple) of a field annotation such as ``tuple[str, ...]``."""
     hint = annotation
     if isinstance(annotation, str):
-        hint = typing.get_type_hints(Settings)[annotation]
+        hint = _type_hints()[annotation]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is tuple:
