@@ -68,6 +68,7 @@ def _prefix(address: IPAddress) -> str:
     return f"{address}/{address.max_prefixlen}"
 
 
+@functools.lru_cache(maxsize=65536)
 def _instance(inst: VrrpInstance) -> dict[str, Any]:
     return {
         "name": _safe(inst.name),
@@ -88,6 +89,7 @@ def _instance(inst: VrrpInstance) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=65536)
 def _virtual_server(vs: VirtualServer) -> dict[str, Any]:
     return {
         "vip": str(vs.vip),
@@ -106,6 +108,7 @@ def _virtual_server(vs: VirtualServer) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=65536)
 def _listener(listener: ProxyListener) -> dict[str, Any]:
     return {
         "name": _safe(listener.name),
@@ -139,7 +142,12 @@ def _track_file(track: TrackFile) -> dict[str, Any]:
 
 
 def context(state: DesiredState) -> dict[str, Any]:
-    """The plain values the templates see."""
+    """The plain values the templates see.
+
+    The per-object parts are cached on the (frozen, hashable) model objects: between two
+    reconciles of a large cluster almost every instance and virtual server is equal to
+    one already converted.  Templates must not mutate what they are given.
+    """
     return {
         "router_id": _safe(state.router_id),
         "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,

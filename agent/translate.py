@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,18 +318,73 @@ def _core_endpoints(
     return found
 
 
+class _EndpointMemo:
+    """Resolved endpoints by the identity of the objects they came from.
+
+    A live agent's store replaces an object with a new dict whenever it changes, so an
+    object that is the *same* object as last time has the same endpoints: a reconcile
+    after one change re-resolves one Service, not a thousand.  Entries pin the objects
+    they were computed from (so an id is never reused under them) and are checked with
+    ``is``; the result, rejections included, is exactly what resolving again would give.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self.entries: OrderedDict[
+            tuple[Any, ...], tuple[tuple[Obj, ...], list[_Endpoint], list[Rejection]]
+        ] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(
+        self,
+        objs: tuple[Obj, ...],
+        port: _Port,
+        family: int | None,
+        compute: Callable[[_Rejections], list[_Endpoint]],
+        rej: _Rejections,
+    ) -> list[_Endpoint]:
+        key = (tuple(id(o) for o in objs), port, family)
+        with self.lock:
+            hit = self.entries.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
+                self.entries.move_to_end(key)
+                rej.items.extend(hit[2])
+                return hit[1]
+        local = _Rejections()
+        found = compute(local)
+        rej.items.extend(local.items)
+        with self.lock:
+            self.entries[key] = (objs, found, local.items)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return found
+
+
+_MEMO = _EndpointMemo()
+
+
 def _endpoints_for(
     snapshot: Snapshot, service: Key, port: _Port, family: int | None, rej: _Rejections
 ) -> list[_Endpoint]:
     slices = snapshot.endpoint_slices.get(service)
+
+    def compute(local: _Rejections) -> list[_Endpoint]:
+        if slices:
+            found = _slice_endpoints(slices, port, family, local)
+        elif service in snapshot.endpoints:
+            found = _core_endpoints(snapshot.endpoints[service], port, family, local)
+        else:
+            found = []
+        unique = {(e.address.version, int(e.address), e.port): e for e in found}
+        return [unique[k] for k in sorted(unique)]
+
     if slices:
-        found = _slice_endpoints(slices, port, family, rej)
+        objs: tuple[Obj, ...] = tuple(slices)
     elif service in snapshot.endpoints:
-        found = _core_endpoints(snapshot.endpoints[service], port, family, rej)
+        objs = (snapshot.endpoints[service],)
     else:
-        found = []
-    unique = {(e.address.version, int(e.address), e.port): e for e in found}
-    return [unique[k] for k in sorted(unique)]
+        return []
+    return _MEMO.get(objs, port, family, compute, rej)
 
 
 # --- VIP requests ---------------------------------------------------------------
