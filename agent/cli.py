@@ -14,6 +14,7 @@ import click
 
 from agent import render as render_mod
 from agent import settings as settings_mod
+from agent.apply import write_file
 from agent.settings import Settings, SettingsError
 from agent.sources.manifests import ManifestError, load_snapshot
 from agent.translate import translate
@@ -122,10 +123,7 @@ def render(
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             # keepalived.conf may hold a VRRP password: never world-readable
-            path = out / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            write_file(out / name, text.encode("utf-8"), 0o600)
     else:
         for name, text in files.items():
             click.echo(f"# ==> {name} <==")

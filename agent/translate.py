@@ -237,6 +237,18 @@ def _ready(conditions: Mapping[str, Any]) -> bool:
     return conditions.get("ready") is not False and conditions.get("terminating") is not True
 
 
+def _target_number(ports: object, port: _Port) -> object:
+    """The endpoint port serving ``port``: the one with the Service port's name and
+    protocol, as kube-proxy matches them (how a named targetPort is resolved)."""
+    for entry in _list(ports):
+        entry = _mapping(entry)
+        if (entry.get("name") or "") == port.name and (
+            entry.get("protocol") or "TCP"
+        ) == port.protocol.value:
+            return entry.get("port")
+    return None
+
+
 def _slice_endpoints(
     slices: Iterable[Obj], port: _Port, family: int | None, rej: _Rejections
 ) -> list[_Endpoint]:
@@ -248,14 +260,7 @@ def _slice_endpoints(
             continue
         if family is not None and address_type != f"IPv{family}":
             continue
-        number = None
-        for sp in _list(item.get("ports")):
-            sp = _mapping(sp)
-            if (sp.get("name") or "") == port.name and (sp.get("protocol") or "TCP") == (
-                port.protocol.value
-            ):
-                number = sp.get("port")
-                break
+        number = _target_number(item.get("ports"), port)
         if number is None:
             continue
         try:
@@ -290,13 +295,7 @@ def _core_endpoints(
     found: list[_Endpoint] = []
     for s_index, subset in enumerate(_list(endpoints.get("subsets"))):
         subset = _mapping(subset)
-        number = None
-        for sp in _list(subset.get("ports")):
-            sp = _mapping(sp)
-            if (sp.get("name") or "") == port.name and (sp.get("protocol") or "TCP") == (
-                port.protocol.value
-            ):
-                number = sp.get("port")
+        number = _target_number(subset.get("ports"), port)
         if number is None:
             continue
         try:

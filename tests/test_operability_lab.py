@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import stat
-from collections.abc import Iterator
 
 import pytest
 
@@ -77,21 +76,6 @@ def status(host: Host, *args: str) -> tuple[int, str, str]:
         check=False,
     )
     return done.returncode, done.stdout, done.stderr
-
-
-@pytest.fixture
-def pair() -> Iterator[Lab]:
-    with Lab(["n1", "n2"]) as lab:
-        for host in lab.hosts.values():
-            config = agent_config(
-                host,
-                control_plane_vip=VIP,
-                control_plane_backends=[h.address for h in lab.hosts.values()],
-                advert_int=0.2,
-            )
-            start_agent(host, config)
-        wait_for(lambda: any(h.has(VIP) for h in lab.hosts.values()), timeout=15, what="a master")
-        yield lab
 
 
 def test_vrrp_state_in_metrics_and_status_follow_a_failover(pair: Lab) -> None:

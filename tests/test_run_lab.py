@@ -14,7 +14,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,21 +28,6 @@ VIP = "192.0.2.10"
 
 
 pytestmark = pytest.mark.usefixtures("lab_ready")
-
-
-@pytest.fixture
-def pair() -> Iterator[Lab]:
-    with Lab(["n1", "n2"]) as lab:
-        for host in lab.hosts.values():
-            config = agent_config(
-                host,
-                control_plane_vip=VIP,
-                control_plane_backends=[h.address for h in lab.hosts.values()],
-                advert_int=0.2,
-            )
-            start_agent(host, config)
-        wait_for(lambda: any(h.has(VIP) for h in lab.hosts.values()), timeout=15, what="a master")
-        yield lab
 
 
 def holder_and_other(lab: Lab) -> tuple[Host, Host]:
