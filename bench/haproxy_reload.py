@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import signal
@@ -89,6 +90,13 @@ def run(
             run_dir=run_dir,
             prefix=["ip", "netns", "exec", lb.ns],
         )
+        # haproxy's own lines (servers going DOWN, reload notices) are kept with the
+        # result: when connections fail, they say why
+        haproxy_log = lab.root / "haproxy.log"
+        handler = logging.FileHandler(haproxy_log)
+        daemon_log = logging.getLogger("vip-agent.daemons")
+        daemon_log.addHandler(handler)
+        daemon_log.setLevel(logging.INFO)
         haproxy.start()
         wait_for(lambda: haproxy.master_socket.exists(), timeout=10, what="haproxy master")
         wait_for(
@@ -124,8 +132,15 @@ def run(
             stop_file.touch()
             load.wait(timeout=30)
             haproxy.stop()
+            daemon_log.removeHandler(handler)
+            handler.close()
         text = out.read_text().strip().splitlines()
         stats = json.loads(text[-1])
+        notable = [
+            line.strip()
+            for line in haproxy_log.read_text(errors="replace").splitlines()
+            if "DOWN" in line or "ALERT" in line or "no server" in line
+        ]
         latencies.sort()
         return {
             "reloads": reloads,
@@ -133,6 +148,7 @@ def run(
             "apply_p50_ms": round(statistics.median(latencies) * 1000, 1),
             "apply_p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, 1),
             **stats,
+            "haproxy_alerts": notable[:10],
             "failed_per_1000_reloads": round(
                 (stats["short_failed"] + stats["long_lived_reset"]) * 1000 / reloads, 2
             ),
