@@ -397,16 +397,30 @@ class Haproxy(_Supervised):
     def processes(self) -> ProcTable:
         return ProcTable.parse(self.master_command("show proc"))
 
+    def _processes_when_ready(self, deadline: float) -> ProcTable:
+        """``show proc``, waiting until ``deadline`` for a master that is still starting.
+
+        Right after a start (or a previous reload) the master has not bound its socket
+        yet: connecting fails with ENOENT or ECONNREFUSED for a few milliseconds.
+        """
+        while True:
+            try:
+                return self.processes()
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= deadline or not self.child.alive():
+                    raise
+                time.sleep(0.01)
+
     def reload(self) -> ReloadOutcome:
         started = time.monotonic()
         if not self.child.alive():
             return ReloadOutcome(False, "haproxy is not running", 0.0)
+        deadline = time.monotonic() + self.confirm_timeout
         try:
-            before = self.processes()
+            before = self._processes_when_ready(deadline)
             # the master re-executes itself on "reload" and drops this connection
             with contextlib.suppress(OSError):
                 self.master_command("reload")
-            deadline = time.monotonic() + self.confirm_timeout
             while time.monotonic() < deadline:
                 time.sleep(0.005)
                 try:
