@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,27 @@ def cluster(i: int, backends: list[str]) -> Snapshot:
             endpoint_slice("echo", [port("tcp", 8080)], endpoints),
         ]
     )
+
+
+def servers_up(stats_socket: Path) -> int:
+    """How many servers haproxy's current worker reports UP (0 while it is starting)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(str(stats_socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError:
+        return 0
+    rows = data.decode(errors="replace").splitlines()
+    if not rows or not rows[0].startswith("# "):
+        return 0
+    header = rows[0][2:].split(",")
+    svname, status = header.index("svname"), header.index("status")
+    fields = [row.split(",") for row in rows[1:] if row]
+    return sum(1 for f in fields if f[svname] not in ("FRONTEND", "BACKEND") and f[status] == "UP")
 
 
 def run(
@@ -97,12 +119,20 @@ def run(
         daemon_log = logging.getLogger("vip-agent.daemons")
         daemon_log.addHandler(handler)
         daemon_log.setLevel(logging.INFO)
-        haproxy.start()
-        wait_for(lambda: haproxy.master_socket.exists(), timeout=10, what="haproxy master")
+        # the backend listens before haproxy starts: a first health check refused by a
+        # backend still starting marks the server DOWN until `rise` checks pass (seconds,
+        # with default timings), which a loaded machine turned into failed connections
         wait_for(
             lambda: echo.poll() is None and "ready" in echo_log.read_text(),
             timeout=10,
             what="backend listening",
+        )
+        haproxy.start()
+        wait_for(lambda: haproxy.master_socket.exists(), timeout=10, what="haproxy master")
+        wait_for(
+            lambda: servers_up(Path(settings.haproxy_stats_socket)) == 1,
+            timeout=10,
+            what="haproxy's server UP",
         )
         stop_file = lab.root / "stop"
         out = lab.root / "loadgen.json"
