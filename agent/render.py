@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 
+from agent.memo import Generations
 from agent.model import (
     ApiserverProxy,
     DesiredState,
@@ -75,7 +76,6 @@ works too).  Jinja tries getattr before getitem, so plain dicts cost a failed at
 lookup for every field of every object; at a thousand Services that was half the render."""
 
 
-@functools.lru_cache(maxsize=65536)
 def _instance(inst: VrrpInstance) -> Values:
     return Values(
         name=_safe(inst.name),
@@ -96,7 +96,6 @@ def _instance(inst: VrrpInstance) -> Values:
     )
 
 
-@functools.lru_cache(maxsize=65536)
 def _virtual_server(vs: VirtualServer) -> Values:
     return Values(
         vip=str(vs.vip),
@@ -115,7 +114,6 @@ def _virtual_server(vs: VirtualServer) -> Values:
     )
 
 
-@functools.lru_cache(maxsize=65536)
 def _listener(listener: ProxyListener) -> Values:
     return Values(
         name=_safe(listener.name),
@@ -148,6 +146,10 @@ def _track_file(track: TrackFile) -> Values:
     return Values(name=_safe(track.name), path=_safe(track.path), weight=track.weight)
 
 
+_VALUES: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = Generations()
+"""Template values of the model objects the last two renders used (see agent.memo)."""
+
+
 def context(state: DesiredState) -> dict[str, Any]:
     """The plain values the templates see.
 
@@ -155,13 +157,16 @@ def context(state: DesiredState) -> dict[str, Any]:
     reconciles of a large cluster almost every instance and virtual server is equal to
     one already converted.  Templates must not mutate what they are given.
     """
+    _VALUES.turn()
     return {
         "router_id": _safe(state.router_id),
         "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
         "track_files": [_track_file(t) for t in state.track_files],
-        "instances": [_instance(i) for i in state.instances],
-        "virtual_servers": [_virtual_server(v) for v in state.virtual_servers],
-        "listeners": [_listener(x) for x in state.listeners],
+        "instances": [_VALUES.get(i, functools.partial(_instance, i)) for i in state.instances],
+        "virtual_servers": [
+            _VALUES.get(v, functools.partial(_virtual_server, v)) for v in state.virtual_servers
+        ],
+        "listeners": [_VALUES.get(x, functools.partial(_listener, x)) for x in state.listeners],
         "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
         "stats_socket": _safe(state.haproxy_stats_socket),
         "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",

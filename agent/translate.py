@@ -45,15 +45,15 @@ VRRP layout, and why it is stable
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent import grammar
+from agent.memo import IdentityMemo
 from agent.model import (
     ApiserverProxy,
     DesiredState,
@@ -127,6 +127,7 @@ class _Rejections:
         self.items.append(Rejection(kind=kind, obj=obj, key=key, reason=reason))
 
 
+@functools.lru_cache(maxsize=65536)
 def priority_for(node: str, instance: str) -> int:
     """Rendezvous priority of ``node`` for ``instance``: 200..249, independent of other nodes."""
     digest = hashlib.sha256(f"{instance}\0{node}".encode()).digest()
@@ -317,73 +318,31 @@ def _core_endpoints(
     return found
 
 
-class _EndpointMemo:
-    """Resolved endpoints by the identity of the objects they came from.
-
-    A live agent's store replaces an object with a new dict whenever it changes, so an
-    object that is the *same* object as last time has the same endpoints: a reconcile
-    after one change re-resolves one Service, not a thousand.  Entries pin the objects
-    they were computed from (so an id is never reused under them) and are checked with
-    ``is``; the result, rejections included, is exactly what resolving again would give.
-    """
-
-    def __init__(self, size: int = 50_000) -> None:
-        self.size = size
-        self.entries: OrderedDict[
-            tuple[Any, ...], tuple[tuple[Obj, ...], list[_Endpoint], list[Rejection]]
-        ] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(
-        self,
-        objs: tuple[Obj, ...],
-        port: _Port,
-        family: int | None,
-        compute: Callable[[_Rejections], list[_Endpoint]],
-        rej: _Rejections,
-    ) -> list[_Endpoint]:
-        key = (tuple(id(o) for o in objs), port, family)
-        with self.lock:
-            hit = self.entries.get(key)
-            if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
-                self.entries.move_to_end(key)
-                rej.items.extend(hit[2])
-                return hit[1]
-        local = _Rejections()
-        found = compute(local)
-        rej.items.extend(local.items)
-        with self.lock:
-            self.entries[key] = (objs, found, local.items)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return found
-
-
-_MEMO = _EndpointMemo()
-
-
-def _endpoints_for(
-    snapshot: Snapshot, service: Key, port: _Port, family: int | None, rej: _Rejections
-) -> list[_Endpoint]:
+def _endpoint_objects(snapshot: Snapshot, service: Key) -> tuple[bool, tuple[Obj, ...]]:
+    """What a Service's endpoints come from: (True, its slices), else (False, its
+    core/v1 Endpoints), else (False, ())."""
     slices = snapshot.endpoint_slices.get(service)
-
-    def compute(local: _Rejections) -> list[_Endpoint]:
-        if slices:
-            found = _slice_endpoints(slices, port, family, local)
-        elif service in snapshot.endpoints:
-            found = _core_endpoints(snapshot.endpoints[service], port, family, local)
-        else:
-            found = []
-        unique = {(e.address.version, int(e.address), e.port): e for e in found}
-        return [unique[k] for k in sorted(unique)]
-
     if slices:
-        objs: tuple[Obj, ...] = tuple(slices)
-    elif service in snapshot.endpoints:
-        objs = (snapshot.endpoints[service],)
+        return True, tuple(slices)
+    endpoints = snapshot.endpoints.get(service)
+    return False, ((endpoints,) if endpoints is not None else ())
+
+
+def _endpoints(
+    from_slices: bool,
+    objs: tuple[Obj, ...],
+    port: _Port,
+    family: int | None,
+    rej: _Rejections,
+) -> list[_Endpoint]:
+    if from_slices:
+        found = _slice_endpoints(objs, port, family, rej)
+    elif objs:
+        found = _core_endpoints(objs[0], port, family, rej)
     else:
         return []
-    return _MEMO.get(objs, port, family, compute, rej)
+    unique = {(e.address.version, int(e.address), e.port): e for e in found}
+    return [unique[k] for k in sorted(unique)]
 
 
 # --- VIP requests ---------------------------------------------------------------
@@ -526,12 +485,130 @@ class _Forwarding:
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
 
 
+Slot = tuple[int, int, str, int]
+
+
+@dataclass(frozen=True)
+class _PortPlan:
+    """What one Service port becomes for one VIP, if its VIP:port slot is still free."""
+
+    slot: Slot
+    where: str
+    rejections: tuple[Rejection, ...]
+    claims: bool
+    """Takes the slot (a port rejected outright leaves it to a later request)."""
+    virtual_server: VirtualServer | None = None
+    listener: ProxyListener | None = None
+    has_local: bool = False
+
+
+@dataclass(frozen=True)
+class _ForwardPlan:
+    rejections: tuple[Rejection, ...]
+    """Service-wide: scheduler, persistence, port list."""
+    ports: tuple[_PortPlan, ...]
+    local: bool
+
+
+def _plan(
+    request: _VipRequest,
+    service: Obj,
+    endpoint_objs: tuple[bool, tuple[Obj, ...]],
+    settings: Settings,
+    node_name: str,
+) -> _ForwardPlan:
+    """Everything about forwarding one request that depends on its objects alone: a
+    pure function of them, so it is memoized on their identity; which VIP:port slots
+    earlier requests took is settled when the plan is replayed (``_forward``)."""
+    assert request.service is not None and request.method is not None
+    svc_ref = "/".join(request.service)
+    head = _Rejections()
+    spec = _mapping(service.get("spec"))
+    method = request.method
+    vip = request.vip
+    local = spec.get("externalTrafficPolicy") == "Local"
+    scheduler = _scheduler(service, svc_ref, settings, head)
+    persistence = _persistence(service, svc_ref, head)
+    ports: list[_PortPlan] = []
+    for port in _service_ports(service, svc_ref, head):
+        where = f"{svc_ref}:{port.name or port.port}"
+        slot = (vip.version, int(vip), port.protocol.value, port.port)
+        rej = _Rejections()
+        if method is Method.PROXY and port.protocol is not Protocol.TCP:
+            rej.add("Service", svc_ref, f"port {port.name or port.port}", "PROXY is TCP only")
+            ports.append(_PortPlan(slot, where, tuple(rej.items), claims=False))
+            continue
+        family = None if method is Method.PROXY else vip.version
+        endpoints = _endpoints(*endpoint_objs, port, family, rej)
+        if local:
+            endpoints = [e for e in endpoints if e.node == node_name]
+        has_local = bool(endpoints)
+        # DR rewrites only the MAC and TUN encapsulates the packet as it is: neither can
+        # change the destination port (keepalived would silently reset it to the VIP's).
+        if method in (Method.DR, Method.TUN) and any(e.port != port.port for e in endpoints):
+            rej.add(
+                "Service",
+                svc_ref,
+                f"port {port.name or port.port}",
+                f"{method.value} cannot change the port: targetPort must equal port",
+            )
+            ports.append(_PortPlan(slot, where, tuple(rej.items), False, has_local=has_local))
+            continue
+        plan = _PortPlan(slot, where, tuple(rej.items), claims=True, has_local=has_local)
+        if method is Method.PROXY:
+            servers = tuple(
+                ProxyServer(
+                    name=f"ep_{grammar.ip_token(e.address)}_{e.port}",
+                    address=e.address,
+                    port=e.port,
+                )
+                for e in endpoints
+            )
+            listener = ProxyListener(
+                name=f"vip_{grammar.ip_token(vip)}_{port.port}",
+                vip=vip,
+                port=port.port,
+                servers=servers,
+                service=where,
+            )
+            ports.append(replace(plan, listener=listener))
+            continue
+        if not endpoints:
+            # No virtual server at all: the holder's own stack answers with a
+            # reset instead of IPVS silently dropping into an empty service.
+            ports.append(plan)
+            continue
+        check = (
+            HealthCheck.TCP
+            if port.protocol is Protocol.TCP and settings.real_server_check == "tcp"
+            else HealthCheck.NONE
+        )
+        virtual_server = VirtualServer(
+            vip=vip,
+            port=port.port,
+            protocol=port.protocol,
+            method=method,
+            scheduler=scheduler,
+            persistence_timeout=persistence,
+            health_check=check,
+            delay_loop=settings.check_interval,
+            real_servers=tuple(RealServer(address=e.address, port=e.port) for e in endpoints),
+            service=where,
+        )
+        ports.append(replace(plan, virtual_server=virtual_server))
+    return _ForwardPlan(tuple(head.items), tuple(ports), local)
+
+
+_MEMO: IdentityMemo[_ForwardPlan] = IdentityMemo()
+"""Forwarding plans of the last two translations (see agent.memo)."""
+
+
 def _forward(
     request: _VipRequest,
     snapshot: Snapshot,
     settings: Settings,
     node_name: str,
-    taken: set[tuple[int, int, str, int]],
+    taken: set[Slot],
     out: _Forwarding,
     rej: _Rejections,
 ) -> None:
@@ -546,93 +623,77 @@ def _forward(
             f"service {svc_ref} not found; VIP held without virtual servers",
         )
         return
-    spec = _mapping(service.get("spec"))
-    if spec.get("type") == "ExternalName":
+    if _mapping(service.get("spec")).get("type") == "ExternalName":
         rej.add(request.kind, request.obj, request.key, f"service {svc_ref} is ExternalName")
         return
-    method = request.method
+    from_slices, objs = endpoint_objs = _endpoint_objects(snapshot, request.service)
     vip = request.vip
-    local = spec.get("externalTrafficPolicy") == "Local"
-    scheduler = _scheduler(service, svc_ref, settings, rej)
-    persistence = _persistence(service, svc_ref, rej)
+    # the VIP as (family, int): an IPAddress hashes through hex()
+    key = (vip.version, int(vip), request.method, request.service, from_slices, node_name)
+    plan = _MEMO.get(
+        (settings, service, *objs),
+        key,
+        lambda: _plan(request, service, endpoint_objs, settings, node_name),
+    )
+    rej.items.extend(plan.rejections)
     has_local = False
-    for port in _service_ports(service, svc_ref, rej):
-        where = f"{svc_ref}:{port.name or port.port}"
-        slot = (vip.version, int(vip), port.protocol.value, port.port)
-        if slot in taken:
+    for port in plan.ports:
+        if port.slot in taken:
             rej.add(
                 request.kind,
                 request.obj,
                 request.key,
-                f"{vip} {port.protocol.value}/{port.port} already used; {where} skipped",
+                f"{request.vip} {port.slot[2]}/{port.slot[3]} already used; {port.where} skipped",
             )
             continue
-        if method is Method.PROXY and port.protocol is not Protocol.TCP:
-            rej.add("Service", svc_ref, f"port {port.name or port.port}", "PROXY is TCP only")
+        rej.items.extend(port.rejections)
+        has_local = has_local or port.has_local
+        if not port.claims:
             continue
-        family = None if method is Method.PROXY else vip.version
-        endpoints = _endpoints_for(snapshot, request.service, port, family, rej)
-        if local:
-            endpoints = [e for e in endpoints if e.node == node_name]
-            has_local = has_local or bool(endpoints)
-        # DR rewrites only the MAC and TUN encapsulates the packet as it is: neither can
-        # change the destination port (keepalived would silently reset it to the VIP's).
-        if method in (Method.DR, Method.TUN) and any(e.port != port.port for e in endpoints):
-            rej.add(
-                "Service",
-                svc_ref,
-                f"port {port.name or port.port}",
-                f"{method.value} cannot change the port: targetPort must equal port",
-            )
-            continue
-        taken.add(slot)
-        if method is Method.PROXY:
-            servers = tuple(
-                ProxyServer(
-                    name=f"ep_{grammar.ip_token(e.address)}_{e.port}",
-                    address=e.address,
-                    port=e.port,
-                )
-                for e in endpoints
-            )
-            listener_name = f"vip_{grammar.ip_token(vip)}_{port.port}"
-            out.listeners[(vip.version, int(vip), port.port)] = ProxyListener(
-                name=listener_name, vip=vip, port=port.port, servers=servers, service=where
-            )
-            continue
-        if not endpoints:
-            # No virtual server at all: the holder's own stack answers with a
-            # reset instead of IPVS silently dropping into an empty service.
-            continue
-        check = (
-            HealthCheck.TCP
-            if port.protocol is Protocol.TCP and settings.real_server_check == "tcp"
-            else HealthCheck.NONE
-        )
-        out.virtual_servers[slot] = VirtualServer(
-            vip=vip,
-            port=port.port,
-            protocol=port.protocol,
-            method=method,
-            scheduler=scheduler,
-            persistence_timeout=persistence,
-            health_check=check,
-            delay_loop=settings.check_interval,
-            real_servers=tuple(RealServer(address=e.address, port=e.port) for e in endpoints),
-            service=where,
-        )
-    if local:
+        taken.add(port.slot)
+        if port.listener is not None:
+            out.listeners[port.slot[0], port.slot[1], port.slot[3]] = port.listener
+        if port.virtual_server is not None:
+            out.virtual_servers[port.slot] = port.virtual_server
+    if plan.local:
         out.local_vips[vip] = out.local_vips.get(vip, False) or has_local
 
 
 # --- VRRP -----------------------------------------------------------------------
 
 
-def _peers(
-    nodes: Mapping[str, _Node], eligible: Iterable[str], node_name: str, family: int
-) -> tuple[IPAddress, ...]:
+@dataclass(frozen=True)
+class _Unicast:
+    """This node's source address and its peers for one address family."""
+
+    src: IPAddress | None
+    peers: tuple[IPAddress, ...]
+
+
+def _unicast(
+    settings: Settings,
+    node_name: str,
+    me: _Node | None,
+    nodes: Mapping[str, _Node],
+    eligible: Iterable[str],
+    family: int,
+) -> _Unicast:
+    if not settings.unicast:
+        return _Unicast(None, ())
+    src: IPAddress | None = None
+    if me is not None:
+        src = me.address(family)
+    elif settings.node_address is not None:
+        configured = ipaddress.ip_address(settings.node_address)
+        src = configured if configured.version == family else None
     found = {nodes[n].address(family) for n in eligible if n != node_name}
-    return tuple(sorted((a for a in found if a is not None), key=int))
+    static = {
+        a
+        for a in (ipaddress.ip_address(p) for p in settings.unicast_peers)
+        if a.version == family and a != src
+    }
+    peers = {a for a in found if a is not None} | static
+    return _Unicast(src, tuple(sorted(peers, key=int)))
 
 
 def _instance(
@@ -644,30 +705,13 @@ def _instance(
     settings: Settings,
     interface: str,
     node_name: str,
-    me: _Node | None,
-    nodes: Mapping[str, _Node],
-    eligible: Iterable[str],
+    unicast: _Unicast,
     penalty: int = 0,
     track_file: str | None = None,
     owners: tuple[str, ...] = (),
     advert_int: float | None = None,
 ) -> VrrpInstance:
     version = 3 if family == 6 else settings.vrrp_version
-    unicast_src: IPAddress | None = None
-    peers: tuple[IPAddress, ...] = ()
-    if settings.unicast:
-        if me is not None:
-            unicast_src = me.address(family)
-        elif settings.node_address is not None:
-            configured = ipaddress.ip_address(settings.node_address)
-            unicast_src = configured if configured.version == family else None
-        peers = _peers(nodes, eligible, node_name, family)
-        static = tuple(
-            a
-            for a in (ipaddress.ip_address(p) for p in settings.unicast_peers)
-            if a.version == family and a != unicast_src
-        )
-        peers = tuple(sorted(set(peers) | set(static), key=int))
     ordered = tuple(sorted(set(vips), key=int))
     return VrrpInstance(
         name=name,
@@ -679,8 +723,8 @@ def _instance(
         version=version,
         vips=ordered[:1],
         excluded_vips=ordered[1:],
-        unicast_src=unicast_src,
-        unicast_peers=peers,
+        unicast_src=unicast.src,
+        unicast_peers=unicast.peers,
         track_interfaces=tuple(sorted(set(settings.track_interfaces) - {interface})),
         track_file=track_file,
         auth_pass=settings.auth_pass if version == 2 else None,
@@ -693,6 +737,7 @@ def translate(
     snapshot: Snapshot, settings: Settings, *, node_name: str, interface: str
 ) -> DesiredState:
     """Everything this node should run, plus every input that was rejected and why."""
+    _MEMO.turn()
     rej = _Rejections()
     nodes = _nodes(snapshot, settings, rej)
     me = nodes.get(node_name)
@@ -710,7 +755,7 @@ def translate(
     )
     requests = _configmap_requests(snapshot, settings, rej) + _service_requests(snapshot, rej)
     forwarding = _Forwarding(virtual_servers={}, listeners={}, local_vips={})
-    taken: set[tuple[int, int, str, int]] = set()
+    taken: set[Slot] = set()
     if cp_vip is not None:
         taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port))
     service_vips: dict[IPAddress, list[str]] = {}
@@ -748,9 +793,7 @@ def translate(
                 settings=settings,
                 interface=interface,
                 node_name=node_name,
-                me=me,
-                nodes=nodes,
-                eligible=cp_nodes,
+                unicast=_unicast(settings, node_name, me, nodes, cp_nodes, cp_vip.version),
                 track_file=HEALTH_TRACK,
                 owners=("settings control_plane_vip",),
                 advert_int=settings.cp_advert_int,
@@ -801,19 +844,17 @@ def _service_instances(
     nodes: Mapping[str, _Node],
     eligible: list[str],
 ) -> list[VrrpInstance]:
-    common: dict[str, Any] = {
-        "settings": settings,
-        "interface": interface,
-        "node_name": node_name,
-        "me": me,
-        "nodes": nodes,
-        "eligible": eligible,
-    }
     out: list[VrrpInstance] = []
     for family in (4, 6):
         vips = sorted((v for v in service_vips if v.version == family), key=int)
         if not vips:
             continue
+        common: dict[str, Any] = {
+            "settings": settings,
+            "interface": interface,
+            "node_name": node_name,
+            "unicast": _unicast(settings, node_name, me, nodes, eligible, family),
+        }
         if not settings.spread:
             owners = tuple(sorted({o for v in vips for o in service_vips[v]}))
             out.append(
