@@ -133,6 +133,8 @@ class VrrpInstance:
     track_file: str | None
     auth_pass: str | None
     garp_master_delay: int
+    garp_master_refresh: int
+    """Seconds between re-announcements while MASTER (0: none)."""
     owners: tuple[str, ...] = ()
     """Where the VIPs came from, for the comment in the file."""
 

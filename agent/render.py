@@ -86,6 +86,7 @@ def _instance(inst: VrrpInstance) -> Values:
         advert_int=_num(inst.advert_int),
         version=inst.version,
         garp_master_delay=inst.garp_master_delay,
+        garp_master_refresh=inst.garp_master_refresh,
         auth_pass=_safe(inst.auth_pass) if inst.auth_pass else None,
         unicast_src=str(inst.unicast_src) if inst.unicast_src else None,
         unicast_peers=[str(p) for p in inst.unicast_peers],

@@ -156,6 +156,15 @@ class Settings:
         default=5,
         metadata=_doc("Seconds after becoming MASTER to send the second gratuitous ARP burst."),
     )
+    garp_master_refresh: int = field(
+        default=5,
+        metadata=_doc(
+            "While MASTER, announce the VIPs again (gratuitous ARP, unsolicited NA) every this "
+            "many seconds; 0: never. After a partition heals, the master that stays may send "
+            "nothing, and clients keep the other node's MAC until their ARP entry expires "
+            "(up to a minute); kube-vip re-announces every 3 s."
+        ),
+    )
     # --- IPVS ------------------------------------------------------------
     scheduler: str = field(
         default="rr",
@@ -235,6 +244,13 @@ class Settings:
         metadata=_doc(
             "advert_int of the control-plane instance; default 0.1 s with VRRPv3 (a dead or "
             "demoted master is replaced in about 0.35 s), 1 s with VRRPv2."
+        ),
+    )
+    control_plane_garp_master_refresh: int = field(
+        default=1,
+        metadata=_doc(
+            "garp_master_refresh of the control-plane instance: one address, which every "
+            "kubelet needs back within a second after a partition heals."
         ),
     )
     health_file: str = field(
@@ -394,6 +410,9 @@ def _validate(s: Settings) -> None:
         _fail("check_interval", s.check_interval, "1-3600 seconds")
     if not 0 <= s.garp_master_delay <= 255:
         _fail("garp_master_delay", s.garp_master_delay, "0-255 seconds")
+    for name in ("garp_master_refresh", "control_plane_garp_master_refresh"):
+        if not 0 <= getattr(s, name) <= 86400:
+            _fail(name, getattr(s, name), "0-86400 seconds")
     for name in ("control_plane_port", "control_plane_backend_port"):
         if not 1 <= getattr(s, name) <= 65535:
             _fail(name, getattr(s, name), "not a port (1-65535)")

@@ -710,6 +710,7 @@ def _instance(
     track_file: str | None = None,
     owners: tuple[str, ...] = (),
     advert_int: float | None = None,
+    garp_master_refresh: int | None = None,
 ) -> VrrpInstance:
     version = 3 if family == 6 else settings.vrrp_version
     ordered = tuple(sorted(set(vips), key=int))
@@ -729,6 +730,9 @@ def _instance(
         track_file=track_file,
         auth_pass=settings.auth_pass if version == 2 else None,
         garp_master_delay=settings.garp_master_delay,
+        garp_master_refresh=(
+            settings.garp_master_refresh if garp_master_refresh is None else garp_master_refresh
+        ),
         owners=owners,
     )
 
@@ -797,6 +801,7 @@ def translate(
                 track_file=HEALTH_TRACK,
                 owners=("settings control_plane_vip",),
                 advert_int=settings.cp_advert_int,
+                garp_master_refresh=settings.control_plane_garp_master_refresh,
             )
         )
         apiserver = _apiserver(settings, cp_vip, nodes, cp_nodes, rej)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from agent.daemons import Haproxy
 from agent.settings import Settings
 from agent.snapshot import Snapshot
 from agent.translate import translate
-from tests.netlab import PYTHON, Lab, ip, wait_for
+from tests.netlab import PYTHON, Lab, interrupt_on_sigterm, ip, wait_for
 from tests.objects import configmap, endpoint, endpoint_slice, port, service
 
 VIP = "192.0.2.53"
@@ -186,7 +185,7 @@ def run(
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reloads", type=int, default=1000)
     parser.add_argument("--long-lifetime", type=float, default=3.0)

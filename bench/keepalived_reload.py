@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import threading
@@ -34,7 +33,7 @@ from agent.daemons import Keepalived
 from agent.settings import Settings
 from agent.snapshot import Snapshot
 from agent.translate import priority_for, translate
-from tests.netlab import Lab, wait_for
+from tests.netlab import Lab, interrupt_on_sigterm, wait_for
 from tests.objects import configmap, endpoint, endpoint_slice, port, service
 
 VIP = "192.0.2.50"
@@ -179,7 +178,7 @@ def run(reloads: int) -> dict[str, Any]:
 
 def main() -> None:
     # a timeout's SIGTERM unwinds through the lab's clean-up like Ctrl-C does
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reloads", type=int, default=1000)
     args = parser.parse_args()

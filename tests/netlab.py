@@ -35,6 +35,23 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (a timeout killing a benchmark) unwinds like Ctrl-C, so labs clean up.
+
+    Only in this process: pyroute2 forks helpers to open sockets in namespaces, and a
+    helper that inherited the handler printed a KeyboardInterrupt traceback when its
+    parent ended it.
+    """
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def wait_for(
     condition: Callable[[], bool], *, timeout: float, interval: float = 0.02, what: str = ""
 ) -> float:
