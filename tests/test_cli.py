@@ -91,6 +91,19 @@ def test_bad_input_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--dry-run" in result.output
 
 
+def test_render_pauses_the_cyclic_collector_only_while_it_runs(tmp_path: Path) -> None:
+    import gc
+
+    runner = CliRunner()
+    assert gc.isenabled()
+    assert runner.invoke(main, [*ARGS, "--interface", "eth0"]).exit_code == 0
+    assert gc.isenabled()
+    # a failure inside the render (exit 2 through SystemExit) restores it too
+    missing = ["render", "--dry-run", "--manifests", str(tmp_path / "missing.yaml")]
+    assert runner.invoke(main, missing).exit_code == 2
+    assert gc.isenabled()
+
+
 def test_readme_settings_reference_is_current() -> None:
     from agent.cli import settings_reference
 
