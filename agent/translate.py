@@ -49,7 +49,7 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from agent import grammar
@@ -477,15 +477,16 @@ def _persistence(service: Obj, ref: str, rej: _Rejections) -> int | None:
     return timeout
 
 
+Slot = tuple[int, int, str, int]
+"""(family, VIP as int, protocol, port): one virtual server or listener each."""
+
+
 @dataclass
 class _Forwarding:
-    virtual_servers: dict[tuple[int, int, str, int], VirtualServer]
+    virtual_servers: dict[Slot, VirtualServer]
     listeners: dict[tuple[int, int, int], ProxyListener]
     local_vips: dict[IPAddress, bool]
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
-
-
-Slot = tuple[int, int, str, int]
 
 
 @dataclass(frozen=True)
@@ -552,9 +553,12 @@ def _plan(
                 f"port {port.name or port.port}",
                 f"{method.value} cannot change the port: targetPort must equal port",
             )
-            ports.append(_PortPlan(slot, where, tuple(rej.items), False, has_local=has_local))
+            ports.append(
+                _PortPlan(slot, where, tuple(rej.items), claims=False, has_local=has_local)
+            )
             continue
-        plan = _PortPlan(slot, where, tuple(rej.items), claims=True, has_local=has_local)
+        listener: ProxyListener | None = None
+        virtual_server: VirtualServer | None = None
         if method is Method.PROXY:
             servers = tuple(
                 ProxyServer(
@@ -571,31 +575,37 @@ def _plan(
                 servers=servers,
                 service=where,
             )
-            ports.append(replace(plan, listener=listener))
-            continue
-        if not endpoints:
-            # No virtual server at all: the holder's own stack answers with a
-            # reset instead of IPVS silently dropping into an empty service.
-            ports.append(plan)
-            continue
-        check = (
-            HealthCheck.TCP
-            if port.protocol is Protocol.TCP and settings.real_server_check == "tcp"
-            else HealthCheck.NONE
+        elif endpoints:
+            # without endpoints no virtual server at all: the holder's own stack answers
+            # with a reset instead of IPVS silently dropping into an empty service
+            check = (
+                HealthCheck.TCP
+                if port.protocol is Protocol.TCP and settings.real_server_check == "tcp"
+                else HealthCheck.NONE
+            )
+            virtual_server = VirtualServer(
+                vip=vip,
+                port=port.port,
+                protocol=port.protocol,
+                method=method,
+                scheduler=scheduler,
+                persistence_timeout=persistence,
+                health_check=check,
+                delay_loop=settings.check_interval,
+                real_servers=tuple(RealServer(address=e.address, port=e.port) for e in endpoints),
+                service=where,
+            )
+        ports.append(
+            _PortPlan(
+                slot,
+                where,
+                tuple(rej.items),
+                claims=True,
+                virtual_server=virtual_server,
+                listener=listener,
+                has_local=has_local,
+            )
         )
-        virtual_server = VirtualServer(
-            vip=vip,
-            port=port.port,
-            protocol=port.protocol,
-            method=method,
-            scheduler=scheduler,
-            persistence_timeout=persistence,
-            health_check=check,
-            delay_loop=settings.check_interval,
-            real_servers=tuple(RealServer(address=e.address, port=e.port) for e in endpoints),
-            service=where,
-        )
-        ports.append(replace(plan, virtual_server=virtual_server))
     return _ForwardPlan(tuple(head.items), tuple(ports), local)
 
 
