@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,19 +51,13 @@ def cluster(i: int, backends: list[str]) -> Snapshot:
     )
 
 
-def servers_up(stats_socket: Path) -> int:
+def servers_up(haproxy: Haproxy) -> int:
     """How many servers haproxy's current worker reports UP (0 while it is starting)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2)
-            sock.connect(str(stats_socket))
-            sock.sendall(b"show stat\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+        # "@1": the master CLI passes the command to the current worker
+        rows = haproxy.master_command("@1 show stat").splitlines()
     except OSError:
         return 0
-    rows = data.decode(errors="replace").splitlines()
     if not rows or not rows[0].startswith("# "):
         return 0
     header = rows[0][2:].split(",")
@@ -129,7 +122,7 @@ def run(
         haproxy.start()
         wait_for(lambda: haproxy.master_socket.exists(), timeout=10, what="haproxy master")
         wait_for(
-            lambda: servers_up(Path(settings.haproxy_stats_socket)) == 1,
+            lambda: servers_up(haproxy) == 1,
             timeout=10,
             what="haproxy's server UP",
         )
