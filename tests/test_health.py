@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.health import ProbeConfig, Prober, ProbeResult, check, probe
+from tests.ports import free_port
 from tests.standin_apiserver import StandIn, make_certificate
 
 
@@ -24,12 +24,6 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     url = f"https://127.0.0.1:{server.server_address[1]}/readyz"
     yield url, cert, mode
     server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -35,6 +34,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from tests.ports import free_ports
 
 APISERVER_VERSION = "1.20.2"
 DEFAULT_CACHE = Path("/var/cache/vip-agent")
@@ -80,17 +81,6 @@ def find_binaries() -> tuple[Path, Path] | None:
     if etcd is None or not os.access(apiserver, os.X_OK):
         return None
     return apiserver, Path(etcd)
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def wait_until(

@@ -241,7 +241,7 @@ def test_forbidden_fails_loudly_backs_off_and_recovers(
 def test_unreachable_server_sets_error() -> None:
     from kubernetes import client
 
-    from tests.kube.apiserver import free_ports
+    from tests.ports import free_ports
 
     configuration = client.Configuration(host=f"http://127.0.0.1:{free_ports(1)[0]}")
     configuration.proxy = None

@@ -136,7 +136,7 @@ def test_token_bucket() -> None:
 def unreachable_api() -> KubeApi:
     from kubernetes import client
 
-    from tests.kube.apiserver import free_ports
+    from tests.ports import free_ports
 
     configuration = client.Configuration(host=f"http://127.0.0.1:{free_ports(1)[0]}")
     configuration.proxy = None
