@@ -141,14 +141,19 @@ class FailoverLab:
             return len(holders) == 1 and since is not None and time.time() - since > 1.0
 
         wait_for(stable, timeout=timeout, interval=0.05, what="one stable master")
-        start = time.time()
+        self.answered(time.time(), timeout=40)
+        return next(iter(self.watch.current()))
+
+    def answered(self, since: float, timeout: float) -> float:
+        """When the first client request started after ``since`` succeeded (waiting for
+        it); on timeout, says who holds the VIP and where the client's ARP points."""
         try:
-            # after a heal a client may still send to the old master's MAC until its ARP
-            # entry is re-resolved; that is the network's time, not a failover's
-            wait_for(lambda: self.first_ok(start) is not None, timeout=40, what="client answered")
+            wait_for(lambda: self.first_ok(since) is not None, timeout=timeout, what="client")
         except TimeoutError as err:
             raise TimeoutError(f"{err}; {self.diagnose()}") from None
-        return next(iter(self.watch.current()))
+        answered = self.first_ok(since)
+        assert answered is not None
+        return answered
 
     def diagnose(self) -> str:
         """Who holds the VIP, and where the client's ARP entry points."""
@@ -240,12 +245,9 @@ class FailoverLab:
         time.sleep(2.0)  # and it stays that way
         single = self.watch.first_time(healed, lambda h: len(h) == 1)
         assert single is not None, "split brain came back after the heal"
-        try:
-            wait_for(lambda: self.first_ok(single) is not None, timeout=30, what="client")
-        except TimeoutError as err:
-            raise TimeoutError(f"{err} after the heal; {self.diagnose()}") from None
-        answered = self.first_ok(single)
-        assert answered is not None
+        # the client's ARP entry may still point at the node that stepped down, until
+        # the master announces the VIP again (garp_master_refresh)
+        answered = self.answered(single, timeout=30)
         return Trial("d", took, lost, heal_s=single - healed, client_s=answered - healed)
 
     def close(self) -> None:
