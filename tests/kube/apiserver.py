@@ -83,6 +83,24 @@ def find_binaries() -> tuple[Path, Path] | None:
     return apiserver, Path(etcd)
 
 
+def watch_ends_in_gone(list_call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """True when a watch through ``list_call`` (with ``resource_version=`` among the
+    arguments) ends in 410 Gone, False when it replays an event or times out."""
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    w = watch.Watch()  # type: ignore[no-untyped-call]
+    try:
+        for _event in w.stream(list_call, *args, **kwargs):  # type: ignore[no-untyped-call]
+            w.stop()  # type: ignore[no-untyped-call]
+            return False
+    except ApiException as exc:
+        if exc.status == 410:
+            return True
+        raise
+    return False
+
+
 def wait_until(
     check: Callable[[], bool],
     *,

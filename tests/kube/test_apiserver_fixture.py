@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.kube.apiserver import NOBODY_USER, ApiServer, wait_until
+from tests.kube.apiserver import NOBODY_USER, ApiServer, wait_until, watch_ends_in_gone
 
 NAMESPACE = "default"
 
@@ -64,21 +64,12 @@ def test_token_user_without_rbac_gets_403(apiserver: ApiServer) -> None:
 
 def watch_from(v1: Any, resource_version: str) -> bool:
     """True when a watch from ``resource_version`` ends in 410 Gone, False when it replays."""
-    w = watch.Watch()  # type: ignore[no-untyped-call]
-    try:
-        for _event in w.stream(  # type: ignore[no-untyped-call]
-            v1.list_namespaced_config_map,
-            NAMESPACE,
-            resource_version=resource_version,
-            timeout_seconds=5,
-        ):
-            w.stop()  # type: ignore[no-untyped-call]
-            return False
-    except ApiException as exc:
-        if exc.status == 410:
-            return True
-        raise
-    return False
+    return watch_ends_in_gone(
+        v1.list_namespaced_config_map,
+        NAMESPACE,
+        resource_version=resource_version,
+        timeout_seconds=5,
+    )
 
 
 def test_watch_from_compacted_resource_version_gets_410(apiserver: ApiServer) -> None:

@@ -15,13 +15,12 @@ import time
 from ipaddress import ip_address
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
 from agent.model import DesiredState
 from agent.sources.kube import ENDPOINTS, KubeApi, Query, WatchStream
 from tests import objects
-from tests.kube.apiserver import wait_until
+from tests.kube.apiserver import wait_until, watch_ends_in_gone
 from tests.kube.cluster import Cluster, Scene, eventually, running, source_for
 
 
@@ -94,20 +93,11 @@ class GatedApi(KubeApi):
 
 def gone_from(cluster: Cluster, resource_version: str) -> bool:
     """True when a watch of Services from ``resource_version`` ends in 410 Gone."""
-    w = watch.Watch()  # type: ignore[no-untyped-call]
-    try:
-        for _ in w.stream(  # type: ignore[no-untyped-call]
-            cluster.v1.list_service_for_all_namespaces,
-            resource_version=resource_version,
-            timeout_seconds=2,
-        ):
-            w.stop()  # type: ignore[no-untyped-call]
-            return False
-    except ApiException as exc:
-        if exc.status == 410:
-            return True
-        raise
-    return False
+    return watch_ends_in_gone(
+        cluster.v1.list_service_for_all_namespaces,
+        resource_version=resource_version,
+        timeout_seconds=2,
+    )
 
 
 def test_410_gone_relists_nothing_missed_nothing_duplicated(cluster: Cluster) -> None:
