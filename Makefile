@@ -30,9 +30,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/vip-agent render --dry-run --manifests examples/cluster.yaml --config examples/config.yaml
 
+# ruff, and the import contract (.importlinter: the pure core imports nothing from the shell)
 lint: setup
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy --strict agent

@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 
-from agent import render as render_mod
+from agent import assets
 from agent import settings as settings_mod
 from agent.apply import write_file
+from agent.core import render as render_mod
+from agent.core.translate import translate
 from agent.settings import Settings, SettingsError
 from agent.sources.manifests import ManifestError, load_snapshot
-from agent.translate import translate
 
 F = Callable[..., Any]
 
@@ -67,8 +68,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def template_dirs(settings: Settings) -> list[Path]:
-    dirs = [Path(settings.templates)] if settings.templates else []
-    return [*dirs, render_mod.default_template_dir()]
+    return assets.template_dirs(settings.templates)
 
 
 @click.group()
@@ -128,8 +128,8 @@ def _render_once(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
     try:
-        files = render_mod.render(state, template_dirs(settings))
-    except render_mod.RenderError as err:
+        files = render_mod.Renderer(template_dirs(settings)).render(state)
+    except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))
         return
     for rejection in state.rejections:
@@ -285,7 +285,7 @@ def run(config_file: str | None, **flags: Any) -> None:
     import threading
 
     from agent import logs, netlink
-    from agent.model import IPAddress
+    from agent.core.model import IPAddress
     from agent.reconcile import Agent
     from agent.sources.kube import KubeApi, KubeSource, api_client_for
     from agent.sources.static import ManifestSource, StaticSource, watch_paths
@@ -330,7 +330,6 @@ def run(config_file: str | None, **flags: Any) -> None:
         writeback = WriteBack(
             status=StatusWriter(api=kube_api, node_name=node_name),
             events=EventRecorder(api=kube_api, node_name=node_name),
-            settings=lambda: holder["agent"].settings,
             held_vips=held_vips,
             node_name=node_name,
         )

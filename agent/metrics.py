@@ -6,7 +6,7 @@ Prometheus conventions: ``vip_agent_`` prefix, ``_total`` counters, ``_seconds``
 ``_timestamp_seconds`` for Unix times.
 
 Label values come only from bounded sets the agent defines: daemon and file names,
-result words, rejection reason *codes* (:func:`reason_code`), VRRP states, and
+result words, rejection reason codes (:class:`agent.core.model.Reason`), VRRP states, and
 instance names of the agent's own grammar.  Text from the cluster (object names, VIPs,
 checker output) never becomes a label value: it would let a cluster user create
 unbounded series, and put arbitrary bytes into the exposition format.
@@ -35,8 +35,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from agent.core.model import DesiredState, Reason
 from agent.daemons import ReloadOutcome
-from agent.model import DesiredState, Rejection
 from agent.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
 
 log = logging.getLogger("vip-agent.metrics")
@@ -46,44 +46,8 @@ KINDS = frozenset({"ConfigMap", "Service", "EndpointSlice", "Endpoints", "Node"}
 RESOURCES = frozenset({"services", "endpointslices", "endpoints", "configmaps", "nodes"})
 _INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-# Ordered: the first pattern found in a Rejection's reason names it.  The reasons are
-# written by agent.translate with cluster values interpolated, so each pattern is a
-# fixed part of one message; whatever a value contains, the label is one of these codes.
-_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), code)
-    for pattern, code in (
-        (r"not found; VIP held without virtual servers$", "service_not_found"),
-        (r"this node is not in the cluster", "node_not_in_cluster"),
-        (r"is the control-plane VIP$", "control_plane_vip"),
-        (r"already used; \S+ skipped$", "duplicate"),
-        (r"is ExternalName$", "external_name"),
-        (r"^PROXY is TCP only$", "proxy_not_tcp"),
-        (r"cannot change the port: targetPort must equal port$", "port_mismatch"),
-        (r"^(method must be )?NAT, DR, TUN or PROXY$", "bad_method"),
-        (r"^unknown scheduler; using \S+$", "bad_scheduler"),
-        (r"^must be 1-86400; using \d+$", "bad_timeout"),
-        (r"^must be TCP, UDP or SCTP$", "bad_protocol"),
-        (r"^wrong address family$", "address_family"),
-        (r"^no address for the apiserver backend$", "no_backend_address"),
-        (r"not an IP address|^not a usable VIP$", "bad_address"),
-        (r"is not a port \(1-65535\)$|^not a (valid )?port (number or port )?name$", "bad_port"),
-        (r"^not a valid node name$|^not valid$", "bad_name"),
-        (
-            r"^not a mapping$|^key is not a string$|^value is not a string$"
-            r"|^a method needs a namespace/service$|^value must be namespace/service",
-            "bad_entry",
-        ),
-    )
-)
-REASON_CODES = frozenset(code for _, code in _REASONS) | {"other"}
-
-
-def reason_code(rejection: Rejection) -> str:
-    """A short code for why an input was rejected, from a fixed set (REASON_CODES)."""
-    for pattern, code in _REASONS:
-        if pattern.search(rejection.reason):
-            return code
-    return "other"
+REASON_CODES = frozenset(reason.value for reason in Reason)
+"""Every value the ``reason`` label can take (translate chooses one per rejection)."""
 
 
 def kind_label(kind: str) -> str:
@@ -252,7 +216,7 @@ class Metrics:
         self.vips.set(sum(len(i.vips) + len(i.excluded_vips) for i in state.instances))
         counts: dict[tuple[str, str], int] = {}
         for rejection in state.rejections:
-            key = (kind_label(rejection.kind), reason_code(rejection))
+            key = (kind_label(rejection.kind), rejection.code.value)
             counts[key] = counts.get(key, 0) + 1
         for key in self._rejection_series - counts.keys():
             self.rejected.labels(*key).set(0)

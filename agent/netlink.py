@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from agent.model import IPAddress
+from agent.core.model import IPAddress
 
 _VIP_LINE = re.compile(r"^\s+([0-9A-Fa-f:.]+)/(32|128) dev \S+$", re.M)
 

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agent import render as render_mod
 from agent.apply import Target, apply
+from agent.core import render as render_mod
+from agent.core.model import DesiredState, Rejection
+from agent.core.snapshot import Snapshot
+from agent.core.translate import PlanMemo, translate
 from agent.daemons import Daemon, ReloadOutcome
-from agent.model import DesiredState, Rejection
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 
 log = logging.getLogger("vip-agent.reconcile")
 
@@ -125,6 +125,9 @@ class Agent:
         self._trigger = threading.Event()
         self._last_reload: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._renderer_cache: render_mod.Renderer | None = None
+        self._plans = PlanMemo()
+        """Forwarding plans kept between reconciles: one change recomputes one Service."""
 
     # --- events -------------------------------------------------------------------
 
@@ -146,7 +149,11 @@ class Agent:
     def _reconcile(self) -> bool:
         snapshot = self.source.snapshot()
         state = translate(
-            snapshot, self.settings, node_name=self.node_name, interface=self.interface
+            snapshot,
+            self.settings,
+            node_name=self.node_name,
+            interface=self.interface,
+            memo=self._plans,
         )
         self.status.state = state
         self.status.rejections = state.rejections
@@ -157,7 +164,7 @@ class Agent:
             except Exception:  # write-back is best effort; the files must still go out
                 log.exception("after_reconcile hook failed")
         try:
-            files = render_mod.render(state, self.template_dirs())
+            files = self._renderer().render(state)
         except render_mod.RenderError as err:
             return self._failed(f"render: {err}")
         self.status.renders += 1
@@ -177,6 +184,13 @@ class Agent:
                 self.status.pending_reloads.add(daemon)
         self._reload_due()
         return True
+
+    def _renderer(self) -> render_mod.Renderer:
+        """The Renderer for the current template directories (kept while they stay)."""
+        dirs = tuple(self.template_dirs())
+        if self._renderer_cache is None or self._renderer_cache.template_dirs != dirs:
+            self._renderer_cache = render_mod.Renderer(dirs)
+        return self._renderer_cache
 
     def _failed(self, message: str) -> bool:
         log.error("%s", message)

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from agent.grammar import DNS_LABEL, DNS_SUBDOMAIN, IFNAME, LABEL_KEY, LABEL_VALUE
+from agent.core.grammar import DNS_LABEL, DNS_SUBDOMAIN, IFNAME, LABEL_KEY, LABEL_VALUE
 
 ENV_PREFIX = "VIP_AGENT_"
 DEFAULT_CONFIG_FILE = "/etc/vip-agent/config.yaml"

@@ -26,8 +26,7 @@ from typing import Any
 import psutil
 
 from agent.apply import replace_file
-from agent.metrics import reason_code
-from agent.model import IPAddress
+from agent.core.model import IPAddress
 from agent.reconcile import Status
 from agent.vrrp_state import InstanceState, Mismatch
 
@@ -83,7 +82,7 @@ def build(
             "object": r.obj,
             "key": r.key,
             "reason": r.reason,
-            "code": reason_code(r),
+            "code": r.code.value,
             "text": str(r),
         }
         for r in status.rejections[:MAX_REJECTIONS]
@@ -254,14 +253,26 @@ def _ago(then: object, now: float) -> str:
 def human(document: Mapping[str, Any], *, now: float | None = None) -> str:
     """A summary for people: who this node is, what it holds, what went wrong."""
     now = time.time() if now is None else now
-    lines = []
+    lines = [
+        *_header(document, now),
+        *_instances(document.get("instances") or []),
+        *(
+            f"WARNING {m['instance']}: {m['problem'].replace('_', ' ')} ({', '.join(m['vips'])})"
+            for m in document.get("mismatches") or []
+        ),
+        *_rejections(document),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _header(document: Mapping[str, Any], now: float) -> list[str]:
     running = "running" if document.get("running") else "NOT RUNNING"
-    lines.append(
+    lines = [
         f"vip-agent {document.get('version')} on node {document.get('node')} "
         f"(interface {document.get('interface')}, daemons {document.get('daemons')}): "
         f"{running}, pid {document.get('pid')}, status written "
         f"{_ago(document.get('written_at'), now)}"
-    )
+    ]
     apply = document.get("last_apply") or {}
     result = {True: "ok", False: "FAILED", None: "not yet"}[apply.get("ok")]
     lines.append(f"last apply: {result}, last success {_ago(apply.get('time'), now)}")
@@ -272,14 +283,15 @@ def human(document: Mapping[str, Any], *, now: float | None = None) -> str:
     ]
     lines.append(f"apiserver: {health}")
     for name, daemon in sorted((document.get("daemon_status") or {}).items()):
-        state = "running" if daemon.get("running") else "not running"
-        lines.append(f"{name}: {state}")
+        lines.append(f"{name}: {'running' if daemon.get('running') else 'not running'}")
     held = document.get("held_vips")
     if held is not None:
         lines.append("holds: " + (", ".join(held) if held else "no VIPs"))
-    instances = document.get("instances") or []
-    if instances:
-        lines.append("instances:")
+    return lines
+
+
+def _instances(instances: list[Mapping[str, Any]]) -> list[str]:
+    lines = ["instances:"] if instances else []
     for inst in instances:
         state = inst.get("vrrp_state") or "UNKNOWN"
         prio = inst.get("vrrp_priority")
@@ -293,15 +305,14 @@ def human(document: Mapping[str, Any], *, now: float | None = None) -> str:
             f"  {inst.get('name')}: {state}, {prio_text}, vrid {inst.get('virtual_router_id')}, "
             f"VIPs {', '.join(vips) or '-'}{where}"
         )
-    for mismatch in document.get("mismatches") or []:
-        lines.append(
-            f"WARNING {mismatch['instance']}: {mismatch['problem'].replace('_', ' ')} "
-            f"({', '.join(mismatch['vips'])})"
-        )
+    return lines
+
+
+def _rejections(document: Mapping[str, Any]) -> list[str]:
     total = document.get("rejections_total", 0)
-    lines.append(f"rejected inputs: {total}")
-    for rejection in document.get("rejections") or []:
-        lines.append(f"  [{rejection.get('code')}] {rejection.get('text')}")
-    if total > len(document.get("rejections") or []):
-        lines.append(f"  ... and {total - len(document['rejections'])} more")
-    return "\n".join(lines) + "\n"
+    listed = document.get("rejections") or []
+    lines = [f"rejected inputs: {total}"]
+    lines += [f"  [{r.get('code')}] {r.get('text')}" for r in listed]
+    if total > len(listed):
+        lines.append(f"  ... and {total - len(listed)} more")
+    return lines

@@ -30,10 +30,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent import status as status_mod
+from agent.core.model import DesiredState, IPAddress
 from agent.daemons import Daemon, ReloadOutcome
 from agent.logs import redactor
 from agent.metrics import Metrics, MetricsServer, build_version, liveness, readiness
-from agent.model import DesiredState, IPAddress
 from agent.reconcile import Agent
 from agent.settings import Settings
 from agent.vrrp_state import InstanceState, Mismatch, VrrpMonitor, VrrpStates

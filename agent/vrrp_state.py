@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.model import DesiredState, IPAddress
+from agent.core.model import DesiredState, IPAddress
 
 log = logging.getLogger("vip-agent.vrrp")
 

@@ -1,8 +1,9 @@
 """What the agent writes back to the cluster: Service ingress status and Events.
 
 LoadBalancer ingress
-    A Service of type LoadBalancer asks for VIPs the way ``translate`` reads them
-    (``kube-vip.io/loadbalancerIPs``, else ``spec.loadBalancerIP``).  Its desired
+    A Service of type LoadBalancer asks for VIPs (``kube-vip.io/loadbalancerIPs``, else
+    ``spec.loadBalancerIP``); translate reads them into ``DesiredState.service_vips``,
+    with the Nodes eligible to hold them in ``DesiredState.nodes``.  Its desired
     ``status.loadBalancer.ingress`` is those of its VIPs that the rendered state holds
     (translate accepted them), sorted.  Every node computes the same list from the same
     cluster state, and exactly one node writes it:
@@ -54,12 +55,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import grammar
-from agent.model import DesiredState, IPAddress, Rejection
-from agent.settings import Settings, parse_selector, selector_matches
-from agent.snapshot import Key, Obj, Snapshot
+from agent.core.model import DesiredState, IPAddress, NodeSet, Rejection
+from agent.core.snapshot import Key, Obj, Snapshot
+from agent.core.translate import ANNOTATION_LB_IPS, priority_for
 from agent.sources.kube import ApiError, KubeApi, Unreachable
-from agent.translate import ANNOTATION_LB_IPS, priority_for
 
 log = logging.getLogger("vip-agent.writeback")
 
@@ -73,48 +72,10 @@ VIP_KEYS = ("spec.loadBalancerIP", f"annotations[{ANNOTATION_LB_IPS}]")
 # --- who writes --------------------------------------------------------------------
 
 
-def eligible_nodes(snapshot: Snapshot, settings: Settings) -> list[str]:
-    """Nodes that may hold service VIPs (``node_selector``), sorted."""
-    selector = parse_selector(settings.node_selector)
-    out = []
-    for name, obj in snapshot.nodes.items():
-        meta = obj.get("metadata")
-        labels = meta.get("labels") if isinstance(meta, Mapping) else None
-        labels = labels if isinstance(labels, Mapping) else {}
-        if selector_matches(selector, {str(k): str(v) for k, v in labels.items()}):
-            out.append(name)
-    return sorted(out)
-
-
 def rendezvous_winner(nodes: Iterable[str], instance: str) -> str | None:
     """The node with the highest ``priority_for(node, instance)``; ties to the lowest name."""
     ranked = sorted(nodes, key=lambda n: (-priority_for(n, instance), n))
     return ranked[0] if ranked else None
-
-
-def requested_vips(service: Obj) -> tuple[IPAddress, ...]:
-    """The VIPs a LoadBalancer Service asks for, as translate reads them (valid ones)."""
-    spec = service.get("spec")
-    spec = spec if isinstance(spec, Mapping) else {}
-    if spec.get("type") != "LoadBalancer":
-        return ()
-    meta = service.get("metadata")
-    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
-    annotations = annotations if isinstance(annotations, Mapping) else {}
-    raw = annotations.get(ANNOTATION_LB_IPS)
-    if isinstance(raw, str):
-        texts: list[object] = [t.strip() for t in raw.split(",")]
-    elif raw is None and spec.get("loadBalancerIP"):
-        texts = [spec.get("loadBalancerIP")]
-    else:
-        texts = []
-    found: list[IPAddress] = []
-    for text in texts:
-        try:
-            found.append(grammar.parse_ip(text))
-        except ValueError:
-            continue
-    return tuple(dict.fromkeys(found))
 
 
 def current_ingress(service: Obj) -> tuple[str, ...]:
@@ -141,27 +102,32 @@ def plan_ingress(
     *,
     snapshot: Snapshot,
     state: DesiredState,
-    settings: Settings,
     node_name: str,
     held_vips: set[IPAddress] | None,
 ) -> list[IngressChange]:
-    """The ingress changes this node should make now (usually none)."""
+    """The ingress changes this node should make now (usually none).
+
+    What each Service asks for and who is eligible come from translate
+    (``state.service_vips``, ``state.nodes``); the snapshot only says what the Services'
+    ingress is now.
+    """
     served: dict[IPAddress, str] = {}
     for instance in state.instances:
         if instance.name == CONTROL_PLANE_INSTANCE:
             continue
         for vip in (*instance.vips, *instance.excluded_vips):
             served[vip] = instance.name
-    eligible = eligible_nodes(snapshot, settings) if snapshot.nodes_known else [node_name]
+    eligible = state.nodes.eligible if state.nodes.known else (node_name,)
     if node_name not in eligible:
         return []  # renders no service VIPs: its empty view must not clear anyone's
     changes: list[IngressChange] = []
-    for key in sorted(snapshot.services):
-        service = snapshot.services[key]
-        requested = requested_vips(service)
-        if not requested:
+    for asked in state.service_vips:
+        service = snapshot.services.get(asked.service)
+        if service is None:
             continue
-        desired = sorted((v for v in requested if v in served), key=lambda v: (v.version, int(v)))
+        desired = sorted(
+            (v for v in asked.requested if v in served), key=lambda v: (v.version, int(v))
+        )
         current = current_ingress(service)
         if desired:
             anchor = desired[0]
@@ -170,11 +136,14 @@ def plan_ingress(
             else:
                 writer = rendezvous_winner(eligible, served[anchor]) == node_name
         else:
-            writer = rendezvous_winner(eligible, f"service/{key[0]}/{key[1]}") == node_name
+            namespace, name = asked.service
+            writer = rendezvous_winner(eligible, f"service/{namespace}/{name}") == node_name
         wanted = tuple(str(v) for v in desired)
         if writer and wanted != current:
             changes.append(
-                IngressChange(service=key, ingress=wanted, current=current, conditional=not wanted)
+                IngressChange(
+                    service=asked.service, ingress=wanted, current=current, conditional=not wanted
+                )
             )
     return changes
 
@@ -207,11 +176,11 @@ def event_reason(rejection: Rejection) -> str:
     return "Rejected"
 
 
-def event_reporter(snapshot: Snapshot, settings: Settings, node_name: str) -> bool:
+def event_reporter(nodes: NodeSet, node_name: str) -> bool:
     """Is this node the one that reports Events? (rendezvous over the eligible nodes)"""
-    if not snapshot.nodes_known:
+    if not nodes.known:
         return True
-    candidates = eligible_nodes(snapshot, settings) or sorted(snapshot.nodes)
+    candidates = nodes.eligible or nodes.all
     return rendezvous_winner(candidates, EVENTS_KEY) in (node_name, None)
 
 
@@ -418,17 +387,13 @@ class StatusWriter:
         *,
         snapshot: Snapshot,
         state: DesiredState,
-        settings: Settings,
         held_vips: set[IPAddress] | None,
     ) -> list[IngressChange]:
         changes = plan_ingress(
-            snapshot=snapshot,
-            state=state,
-            settings=settings,
-            node_name=self.node_name,
-            held_vips=held_vips,
+            snapshot=snapshot, state=state, node_name=self.node_name, held_vips=held_vips
         )
         planned = {c.service for c in changes}
+        asking = {asked.service for asked in state.service_vips}
         # Services that stopped asking: clear what we wrote, if it is still there
         for key, wrote in sorted(self._written.items()):
             service = snapshot.services.get(key)
@@ -437,7 +402,7 @@ class StatusWriter:
             if service is None:
                 del self._written[key]
                 continue
-            if requested_vips(service):
+            if key in asking:
                 continue
             if current_ingress(service) == wrote and wrote:
                 changes.append(IngressChange(key, (), wrote, conditional=True))
@@ -503,14 +468,12 @@ class WriteBack:
         *,
         status: StatusWriter | None,
         events: EventRecorder | None,
-        settings: Callable[[], Settings],
         held_vips: Callable[[], set[IPAddress] | None],
         node_name: str,
         resync_seconds: float = 5.0,
     ) -> None:
         self.status = status
         self.events = events
-        self.settings = settings
         self.held_vips = held_vips
         self.node_name = node_name
         self.resync_seconds = resync_seconds
@@ -532,16 +495,15 @@ class WriteBack:
         if latest is None:
             return
         snapshot, state = latest
-        settings = self.settings()
         if self.status is not None:
             try:
                 held = self.held_vips()
             except Exception as err:  # pyroute2's NetlinkError is not an OSError
                 log.warning("cannot read the VIPs this node holds (%s); using priorities", err)
                 held = None
-            self.status.sync(snapshot=snapshot, state=state, settings=settings, held_vips=held)
+            self.status.sync(snapshot=snapshot, state=state, held_vips=held)
         # every pass, not only after a reconcile: what the rate limit held back goes now
-        if self.events is not None and event_reporter(snapshot, settings, self.node_name):
+        if self.events is not None and event_reporter(state.nodes, self.node_name):
             self.events.record(state.rejections, snapshot)
 
     def start(self) -> None:

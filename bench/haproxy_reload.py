@@ -27,12 +27,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import render, validate
+from agent import validate
 from agent.apply import Target, apply
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.daemons import Haproxy
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from tests.netlab import PYTHON, Lab, interrupt_on_sigterm, ip, wait_for
 from tests.objects import configmap, endpoint, endpoint_slice, port, service
 
@@ -93,9 +95,11 @@ def run(
             validate=validate.check_haproxy,
         )
 
+        renderer = render.Renderer(template_dirs(None))
+
         def files(i: int) -> dict[str, str]:
             state = translate(cluster(i, backends), settings, node_name="lb", interface="eth0")
-            return render.render(state, [render.default_template_dir()])
+            return renderer.render(state)
 
         assert apply([target], files(0)).ok
         haproxy = Haproxy(

@@ -27,12 +27,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import render, validate
+from agent import validate
 from agent.apply import Target, apply
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.snapshot import Snapshot
+from agent.core.translate import priority_for, translate
 from agent.daemons import Keepalived
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import priority_for, translate
 from tests.netlab import Lab, interrupt_on_sigterm, wait_for
 from tests.objects import configmap, endpoint, endpoint_slice, port, service
 
@@ -117,6 +119,7 @@ def run(reloads: int) -> dict[str, Any]:
         # the preferred master is the node with the higher rendezvous priority
         ranked = sorted(lab.hosts, key=lambda n: priority_for(n, "services_v4"), reverse=True)
         master, backup = ranked
+        renderer = render.Renderer(template_dirs(None))
         daemons: dict[str, Keepalived] = {}
         targets: dict[str, Target] = {}
         for name, host in lab.hosts.items():
@@ -131,7 +134,7 @@ def run(reloads: int) -> dict[str, Any]:
                 validate=lambda p, ns=host.ns: validate.check_keepalived(p, netns=ns),
             )
             state = translate(cluster(0), settings(name, run_dir), node_name=name, interface="eth0")
-            files = render.render(state, [render.default_template_dir()])
+            files = renderer.render(state)
             assert apply([targets[name]], files).ok
             daemons[name] = Keepalived(
                 binary="keepalived",
@@ -150,7 +153,7 @@ def run(reloads: int) -> dict[str, Any]:
         try:
             for i in range(1, reloads + 1):
                 state = translate(cluster(i), master_settings, node_name=master, interface="eth0")
-                files = render.render(state, [render.default_template_dir()])
+                files = renderer.render(state)
                 start = time.perf_counter()
                 result = apply([targets[master]], files)
                 outcome = daemons[master].reload()

@@ -100,13 +100,13 @@ def child(args: argparse.Namespace) -> None:
     """Run the agent pipeline; print one JSON line per reconcile; answer 'rss' on stdin."""
     import psutil
 
-    from agent import render
     from agent.apply import Target
+    from agent.assets import template_dirs
+    from agent.core.model import DesiredState
+    from agent.core.snapshot import Snapshot
     from agent.daemons import ReloadOutcome
-    from agent.model import DesiredState
     from agent.reconcile import Agent
     from agent.settings import Settings
-    from agent.snapshot import Snapshot
     from agent.sources.kube import KubeSource
     from agent.validate import CheckResult
 
@@ -172,7 +172,7 @@ def child(args: argparse.Namespace) -> None:
             Target("keepalived.conf", out / "keepalived.conf", 0o600, accept),
             Target("haproxy.cfg", out / "haproxy.cfg", 0o640, accept),
         ],
-        template_dirs=lambda: [render.default_template_dir()],
+        template_dirs=lambda: template_dirs(None),
         node_name="node-0",
         interface="eth0",
         observer=Observer(),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from agent.model import DesiredState, IPAddress, Method, Protocol, VirtualServer
+from agent.core.model import DesiredState, IPAddress, Method, Protocol, VirtualServer
 
 PROTOCOL_SWITCH = {Protocol.TCP: "-t", Protocol.UDP: "-u", Protocol.SCTP: "--sctp-service"}
 FORWARD_SWITCH = {Method.NAT: "-m", Method.DR: "-g", Method.TUN: "-i"}

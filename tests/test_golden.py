@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent import render
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.translate import translate
 from agent.settings import Settings
 from agent.sources.manifests import load_snapshot
-from agent.translate import translate
 from tests.conftest import EXAMPLES
 from tests.daemons import Checkers
 
@@ -64,7 +65,7 @@ def rendered(case: str) -> dict[str, str]:
     state = translate(
         snapshot, settings, node_name=settings.node_name, interface=settings.interface
     )
-    return render.render(state, [render.default_template_dir()])
+    return render.Renderer(template_dirs(None)).render(state)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -17,11 +17,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import render
-from agent.model import DesiredState
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.model import DesiredState
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from tests.conftest import EXAMPLES
 from tests.daemons import Checkers
 
@@ -147,7 +148,7 @@ def attacked(plan: list[tuple[str, str]]) -> tuple[DesiredState, dict[str, str]]
     for where, text in plan:
         INJECTIONS[where](objs, text)
     state = translate(Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0")
-    return state, render.render(state, [render.default_template_dir()])
+    return state, render.Renderer(template_dirs(None)).render(state)
 
 
 def assert_contained(state: DesiredState, files: dict[str, str]) -> None:

@@ -42,8 +42,9 @@ from typing import Any
 
 import pytest
 
-from agent import render
-from agent.model import (
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.model import (
     DesiredState,
     HealthCheck,
     IPAddress,
@@ -52,10 +53,10 @@ from agent.model import (
     RealServer,
     VirtualServer,
 )
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.settings import SCHEDULERS, Settings
-from agent.snapshot import Snapshot
 from agent.sources.manifests import load_snapshot
-from agent.translate import translate
 from tests import ipvs_oracle
 from tests.conftest import EXAMPLES
 from tests.ipvs_guest import GuestResult, guest_available, guest_modules, run_guest
@@ -114,7 +115,7 @@ def state_of(objects: list[Obj]) -> DesiredState:
 
 
 def keepalived_conf(state: DesiredState) -> str:
-    return render.render(state, [render.default_template_dir()])["keepalived.conf"]
+    return render.Renderer(template_dirs(None)).render(state)["keepalived.conf"]
 
 
 def example_state() -> DesiredState:

@@ -1,8 +1,8 @@
-"""agent.memo: reuse between passes, and nothing kept that two passes did not use."""
+"""agent.core.memo: reuse between passes, and nothing kept that two passes did not use."""
 
 from __future__ import annotations
 
-from agent.memo import Generations, IdentityMemo
+from agent.core.memo import Generations, IdentityMemo
 
 
 def test_generations_keep_what_the_last_pass_used_and_drop_the_rest() -> None:

@@ -10,24 +10,25 @@ runs it); only its configuration is validated.  Values are read with
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from agent import validate
 from agent.apply import Target
+from agent.assets import packaged_template_dir
+from agent.core.model import Reason, Rejection
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.daemons import Haproxy
-from agent.metrics import REASON_CODES, Metrics, reason_code
-from agent.model import Rejection
+from agent.metrics import REASON_CODES, Metrics
 from agent.reconcile import Agent
-from agent.render import default_template_dir
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from tests import objects
 from tests.daemons import Checkers
 
@@ -58,7 +59,7 @@ WEB = [
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     templates = tmp_path / "templates"
-    shutil.copytree(default_template_dir(), templates)
+    shutil.copytree(packaged_template_dir(), templates)
     (tmp_path / "etc").mkdir()
     return tmp_path
 
@@ -219,13 +220,19 @@ def test_every_rejection_translate_makes_has_a_code() -> None:
         *translate(snapshot, settings, node_name="n1", interface="eth0").rejections,
         *translate(snapshot, settings, node_name="n9", interface="eth0").rejections,
     ]
-    codes = {str(r): reason_code(r) for r in rejections}
+    codes = {str(r): r.code.value for r in rejections}
     assert len(set(codes.values())) >= 13, codes
-    assert "other" not in codes.values(), codes
     assert set(codes.values()) <= REASON_CODES
-    # whatever the cluster writes, a label is one of the fixed codes
-    forged = Rejection("ConfigMap", "x", hostile, hostile + '"} 1\nevil{a="')
-    assert reason_code(forged) in REASON_CODES
+    # a key that reads like other rejections' messages still gets its own code
+    assert {r.code for r in rejections if r.key == hostile} == {Reason.BAD_ADDRESS}
+    # whatever the cluster writes, the label is the code translate chose, never the text
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, version="t")
+    forged = Rejection("ConfigMap", "x", hostile, hostile + '"} 1\nevil{a="', Reason.BAD_ENTRY)
+    state = translate(Snapshot(), settings, node_name="n1", interface="eth0")
+    metrics.rendered(dataclasses.replace(state, rejections=(forged,)))
+    assert value(registry, "vip_agent_rejected_inputs", kind="ConfigMap", reason="bad_entry") == 1
+    assert b"evil" not in generate_latest(registry)
 
 
 def test_watch_restarts_and_apiserver_health() -> None:

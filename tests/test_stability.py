@@ -13,10 +13,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.model import DesiredState
+from agent.core.model import DesiredState
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from tests.objects import configmap, node
 
 V4 = st.integers(1, 254).map(lambda i: f"192.0.2.{i}")

@@ -18,13 +18,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent import status as status_mod
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.daemons import ReloadOutcome
 from agent.logs import redactor
 from agent.metrics import Metrics, MetricsServer, liveness, parse_address, readiness
 from agent.reconcile import Status
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from agent.vrrp_state import InstanceState
 from tests import objects
 

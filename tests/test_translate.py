@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from agent.model import DesiredState, HealthCheck, Method, Protocol
+from agent.core.model import DesiredState, HealthCheck, Method, Protocol
+from agent.core.snapshot import Snapshot
+from agent.core.translate import PlanMemo, parse_configmap_key, priority_for, translate
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import parse_configmap_key, priority_for, translate
 from tests.objects import (
     configmap,
     core_endpoints,
@@ -322,19 +322,15 @@ def test_same_input_same_state(spread: bool) -> None:
     assert run(objs, spread=spread) == run(list(reversed(objs)), spread=spread)
 
 
-def test_memoized_translation_equals_a_fresh_one_as_objects_change(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_memoized_translation_equals_a_fresh_one_as_objects_change() -> None:
     """The live agent's store keeps unchanged objects as the same dicts, so translate
     reuses per-request plans by object identity; replayed in order, VIP:port collisions,
     Local policy and rejections must come out exactly as computed from scratch."""
-    import agent.translate as translate_mod
-    from agent.memo import IdentityMemo
 
     def fresh(snapshot: Snapshot, settings: Settings, node_name: str) -> DesiredState:
-        with monkeypatch.context() as m:
-            m.setattr(translate_mod, "_MEMO", IdentityMemo())
-            return translate(snapshot, settings, node_name=node_name, interface="eth0")
+        return translate(snapshot, settings, node_name=node_name, interface="eth0")
+
+    memo = PlanMemo()
 
     settings = Settings(interface="eth0", spread=True, unicast=True)
     web_objs = web()
@@ -372,7 +368,8 @@ def test_memoized_translation_equals_a_fresh_one_as_objects_change(
     collided = []
     for node_name, objs in steps:
         snapshot = Snapshot.from_objects(objs)
-        warm = translate(snapshot, settings, node_name=node_name, interface="eth0")
+        warm = translate(snapshot, settings, node_name=node_name, interface="eth0", memo=memo)
+        assert len(memo) > 0, "the warm translation keeps its plans in the caller's memo"
         assert warm == fresh(snapshot, settings, node_name)
         collided.append(any("already used" in r for r in reasons(warm)))
     # the steps exercise what they claim: the slot is contested only while the

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.core.model import DesiredState
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.metrics import Metrics
-from agent.model import DesiredState
 from agent.settings import Settings
-from agent.snapshot import Snapshot
-from agent.translate import translate
 from agent.vrrp_state import VrrpMonitor, VrrpStates, cross_check, ensure_fifo, parse_line
 from tests.netlab import wait_for
 

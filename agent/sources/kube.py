@@ -22,7 +22,7 @@ restart must not arrive in one wave).  401/403 is logged at error level naming t
 and resource that RBAC must allow.
 
 Objects are stored as the camelCase dicts the API serves, cut down to what
-``agent.translate`` and ``agent.writeback`` read (metadata name/namespace/uid/labels/
+``agent.core.translate`` and ``agent.writeback`` read (metadata name/namespace/uid/labels/
 annotations/resourceVersion, spec, status.addresses, status.loadBalancer, subsets,
 endpoints, ports, addressType, data): managedFields, the last-applied-configuration
 annotation, Node images and conditions are dropped, so memory follows the number of
@@ -54,8 +54,8 @@ from typing import Any, cast
 
 import urllib3
 
+from agent.core.snapshot import Key, Obj, Snapshot
 from agent.settings import Settings
-from agent.snapshot import Key, Obj, Snapshot
 
 log = logging.getLogger("vip-agent.kube")
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from agent.snapshot import Snapshot
+from agent.core.snapshot import Snapshot
 
 # libyaml is an order of magnitude faster on large clusters
 _Loader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

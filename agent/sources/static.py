@@ -18,7 +18,7 @@ from typing import Protocol
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from agent.snapshot import Snapshot
+from agent.core.snapshot import Snapshot
 from agent.sources.manifests import ManifestError, load_snapshot
 
 log = logging.getLogger("vip-agent.sources")

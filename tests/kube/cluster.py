@@ -19,11 +19,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agent import render
-from agent.model import DesiredState
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.model import DesiredState
+from agent.core.translate import translate
 from agent.settings import Settings
 from agent.sources.kube import KubeApi, KubeSource, slim, store_key
-from agent.translate import translate
 from tests import objects
 from tests.kube.apiserver import ApiServer, wait_until
 
@@ -256,7 +257,7 @@ class Scene:
         )
 
     def keepalived(self, source: KubeSource) -> str:
-        files = render.render(self.state(source), [render.default_template_dir()])
+        files = render.Renderer(template_dirs(None)).render(self.state(source))
         return files["keepalived.conf"]
 
     def configmap(self, data: dict[str, str]) -> None:

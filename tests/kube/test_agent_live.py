@@ -11,11 +11,11 @@ import threading
 from ipaddress import ip_address
 from pathlib import Path
 
-from agent import render
 from agent.apply import Target
+from agent.assets import template_dirs
+from agent.core.translate import ANNOTATION_LB_IPS
 from agent.reconcile import Agent
 from agent.sources.kube import KubeApi
-from agent.translate import ANNOTATION_LB_IPS
 from agent.validate import CheckResult
 from agent.writeback import EventRecorder, StatusWriter, WriteBack, current_ingress
 from tests.kube.cluster import Cluster, Scene, eventually, source_for
@@ -39,7 +39,6 @@ def test_agent_follows_the_cluster_and_writes_back(cluster: Cluster, tmp_path: P
     writeback = WriteBack(
         status=StatusWriter(api=api, node_name=scene.me),
         events=EventRecorder(api=api, node_name=scene.me),
-        settings=lambda: scene.settings,
         held_vips=lambda: {ip_address("192.0.2.81")},
         node_name=scene.me,
         resync_seconds=0.5,
@@ -53,7 +52,7 @@ def test_agent_follows_the_cluster_and_writes_back(cluster: Cluster, tmp_path: P
             Target("keepalived.conf", keepalived, 0o600, accept),
             Target("haproxy.cfg", tmp_path / "haproxy.cfg", 0o640, accept),
         ],
-        template_dirs=lambda: [render.default_template_dir()],
+        template_dirs=lambda: template_dirs(None),
         node_name=scene.me,
         interface="eth0",
         after_reconcile=writeback.submit,

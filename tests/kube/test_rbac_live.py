@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agent.model import Rejection
+from agent.core.model import Reason, Rejection
+from agent.core.snapshot import Snapshot
+from agent.core.translate import translate
 from agent.settings import Settings
-from agent.snapshot import Snapshot
 from agent.sources.kube import ENDPOINTS, ApiError, KubeApi
-from agent.translate import translate
 from agent.writeback import EventRecorder, StatusWriter
 from tests import objects
 from tests.kube.apiserver import AGENT_SA_USER, LIMITED_SA_USER
@@ -110,7 +110,7 @@ def test_rbac_yaml_is_enough_for_the_agent(
         state = translate(static, settings, node_name="node-a", interface="eth0")
         writer = StatusWriter(api=api, node_name="node-a")
         ip = ip_address("192.0.2.60")
-        done = writer.sync(snapshot=static, state=state, settings=settings, held_vips={ip})
+        done = writer.sync(snapshot=static, state=state, held_vips={ip})
         assert [c.service for c in done] == [(ns, "lb")]
         assert writer.stats.failures == 0
         ingress = cluster.read("Service", ns, "lb")["status"]["loadBalancer"]["ingress"]
@@ -219,7 +219,7 @@ def test_missing_status_patch_fails_loudly(
     writer = StatusWriter(api=api, node_name="node-a")
 
     def attempt() -> bool:
-        writer.sync(snapshot=snapshot, state=state, settings=settings, held_vips=None)
+        writer.sync(snapshot=snapshot, state=state, held_vips=None)
         return writer.stats.failures > 0
 
     with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
@@ -231,7 +231,7 @@ def test_missing_status_patch_fails_loudly(
         if r.levelno == logging.ERROR
     )
     events = EventRecorder(api=api, node_name="node-a")
-    rejection = Rejection("Service", f"{ns}/lb", "spec.loadBalancerIP", "test")
+    rejection = Rejection("Service", f"{ns}/lb", "spec.loadBalancerIP", "test", Reason.BAD_ADDRESS)
     with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
         events.record([rejection], snapshot)
     assert events.stats.created == 1  # events are still allowed

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
-from agent.model import DesiredState
+from agent.core.model import DesiredState
 from agent.sources.kube import ENDPOINTS, KubeApi, Query, WatchStream
 from tests import objects
 from tests.kube.apiserver import wait_until, watch_ends_in_gone

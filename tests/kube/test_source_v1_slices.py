@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from agent import render
+from agent.assets import template_dirs
+from agent.core import render
+from agent.core.translate import translate
 from agent.settings import Settings
 from agent.sources.kube import (
     ENDPOINT_SLICES,
@@ -28,7 +30,6 @@ from agent.sources.kube import (
     KubeSource,
     slim,
 )
-from agent.translate import translate
 from tests import objects
 from tests.kube.cluster import eventually
 from tests.kube.fakeapi import FakeApiServer
@@ -77,7 +78,7 @@ def seed(fake: FakeApiServer) -> None:
 
 def keepalived_conf(source: KubeSource) -> str:
     state = translate(source.snapshot(), SETTINGS, node_name="node-a", interface="eth0")
-    return render.render(state, [render.default_template_dir()])["keepalived.conf"]
+    return render.Renderer(template_dirs(None)).render(state)["keepalived.conf"]
 
 
 def web_slice(name: str, *addresses: str) -> dict[str, Any]:

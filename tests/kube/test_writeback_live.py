@@ -10,10 +10,9 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any
 
-from agent.model import Rejection
-from agent.settings import Settings
+from agent.core.model import Rejection
+from agent.core.translate import ANNOTATION_LB_IPS
 from agent.sources.kube import KubeApi, KubeSource
-from agent.translate import ANNOTATION_LB_IPS
 from agent.writeback import (
     EventRecorder,
     StatusWriter,
@@ -56,7 +55,6 @@ def sync(writer: StatusWriter, source: KubeSource, scene: Scene, node: str, held
     return writer.sync(
         snapshot=source.snapshot(),
         state=scene.state(source, node),
-        settings=scene.settings,
         held_vips=held,
     )
 
@@ -265,7 +263,6 @@ def test_writeback_worker_from_the_agent_hook(cluster: Cluster) -> None:
         worker = WriteBack(
             status=StatusWriter(api=api, node_name=scene.me),
             events=EventRecorder(api=api, node_name=scene.me),
-            settings=lambda: scene.settings,
             held_vips=lambda: {ip_address(VIP)},
             node_name=scene.me,
             resync_seconds=0.2,
@@ -276,34 +273,3 @@ def test_writeback_worker_from_the_agent_hook(cluster: Cluster) -> None:
             eventually(lambda: ingress(cluster, scene) == (VIP,), what="worker wrote")
         finally:
             worker.stop()
-
-
-def test_settings_are_read_per_pass() -> None:
-    """The worker asks for settings each pass (a config reload changes node_selector)."""
-    seen: list[Settings] = []
-
-    def settings() -> Settings:
-        seen.append(Settings())
-        return seen[-1]
-
-    worker = WriteBack(
-        status=None, events=None, settings=settings, held_vips=lambda: None, node_name="n"
-    )
-    from agent.model import DesiredState
-    from agent.snapshot import Snapshot
-
-    state = DesiredState(
-        router_id="n",
-        instances=(),
-        virtual_servers=(),
-        listeners=(),
-        apiserver=None,
-        track_files=(),
-        haproxy_stats_socket="/run/x.sock",
-        haproxy_hard_stop_after_s=1,
-        notify_fifo=None,
-    )
-    worker.submit(Snapshot(), state)
-    worker.run_once()
-    worker.run_once()
-    assert len(seen) == 2

@@ -9,11 +9,11 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any
 
-from agent.model import Rejection
+from agent.core.model import Reason, Rejection
+from agent.core.snapshot import Snapshot
+from agent.core.translate import ANNOTATION_LB_IPS, translate
 from agent.settings import Settings
-from agent.snapshot import Snapshot
 from agent.sources.kube import KubeApi
-from agent.translate import ANNOTATION_LB_IPS, translate
 from agent.writeback import (
     EventRecorder,
     StatusWriter,
@@ -22,7 +22,6 @@ from agent.writeback import (
     event_reporter,
     plan_ingress,
     rendezvous_winner,
-    requested_vips,
 )
 from tests import objects
 
@@ -50,9 +49,7 @@ def snapshot(*services: Any, nodes: tuple[str, ...] = NODES) -> Snapshot:
 
 def plan(snap: Snapshot, node: str, held: set[Any] | None) -> list[tuple[str, tuple[str, ...]]]:
     state = translate(snap, SETTINGS, node_name=node, interface="eth0")
-    changes = plan_ingress(
-        snapshot=snap, state=state, settings=SETTINGS, node_name=node, held_vips=held
-    )
+    changes = plan_ingress(snapshot=snap, state=state, node_name=node, held_vips=held)
     return [(c.service[1], c.ingress) for c in changes]
 
 
@@ -90,39 +87,56 @@ def test_services_not_asking_and_nodes_not_eligible_do_nothing() -> None:
     plain = objects.service("plain", [objects.port("http", 80)], loadBalancerIP="192.0.2.7")
     snap = snapshot(other, plain)
     assert all(plan(snap, n, None) == [] for n in NODES)
-    assert requested_vips(plain) == ()  # loadBalancerIP counts only on type LoadBalancer
+    state = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
+    assert state.service_vips == ()  # loadBalancerIP counts only on type LoadBalancer
     # a node outside node_selector renders no service VIP and must not clear anything
     settings = Settings(node_selector="pool=vip")
     snap = snapshot(lb("web", "192.0.2.5", ingress=["192.0.2.5"]))
     state = translate(snap, settings, node_name="node-a", interface="eth0")
-    assert (
-        plan_ingress(
-            snapshot=snap, state=state, settings=settings, node_name="node-a", held_vips=None
-        )
-        == []
-    )
+    assert plan_ingress(snapshot=snap, state=state, node_name="node-a", held_vips=None) == []
 
 
-def test_requested_vips_read_like_translate() -> None:
-    assert requested_vips(lb("a", "192.0.2.1,bogus, 2001:db8::1")) == (
-        ip_address("192.0.2.1"),
-        ip_address("2001:db8::1"),
+def test_eligibility_follows_the_state_of_each_pass() -> None:
+    """Who may write is what translate decided for that pass: a config reload that
+    changes node_selector takes effect with the next state, nothing is cached."""
+    snap = snapshot(lb("web", "192.0.2.5"), nodes=("node-a",))
+    before = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
+    after = translate(
+        snap, Settings(node_selector="pool=vip"), node_name="node-a", interface="eth0"
     )
-    assert requested_vips(lb("b", None, loadBalancerIP="192.0.2.2")) == (ip_address("192.0.2.2"),)
+    assert plan_ingress(snapshot=snap, state=before, node_name="node-a", held_vips=None) != []
+    assert plan_ingress(snapshot=snap, state=after, node_name="node-a", held_vips=None) == []
+
+
+def test_translate_records_what_each_service_asks_for() -> None:
+    """Write-back reads the requested VIPs from translate (one parser, not two)."""
+    snap = snapshot(
+        lb("a", "192.0.2.1,bogus, 2001:db8::1"), lb("b", None, loadBalancerIP="192.0.2.2")
+    )
+    state = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
+    assert [(s.service, s.requested) for s in state.service_vips] == [
+        (("default", "a"), (ip_address("192.0.2.1"), ip_address("2001:db8::1"))),
+        (("default", "b"), (ip_address("192.0.2.2"),)),
+    ]
 
 
 def test_one_node_reports_events() -> None:
-    snap = snapshot()
-    reporters = [n for n in NODES if event_reporter(snap, SETTINGS, n)]
+    state = translate(snapshot(), SETTINGS, node_name="node-a", interface="eth0")
+    reporters = [n for n in NODES if event_reporter(state.nodes, n)]
     assert len(reporters) == 1
-    assert event_reporter(Snapshot(), SETTINGS, "anyone")  # no Nodes known: report
+    empty = translate(Snapshot(), SETTINGS, node_name="anyone", interface="eth0")
+    assert event_reporter(empty.nodes, "anyone")  # no Nodes known: report
 
 
 def test_event_reasons() -> None:
-    assert event_reason(Rejection("ConfigMap", "a/b", "x", "not an IP address")) == "InvalidVIP"
+    bad = Reason.BAD_ADDRESS
+    assert (
+        event_reason(Rejection("ConfigMap", "a/b", "x", "not an IP address", bad)) == "InvalidVIP"
+    )
     key = f"annotations[{ANNOTATION_LB_IPS}]"
-    assert event_reason(Rejection("Service", "a/b", key, "bad")) == "InvalidVIP"
-    assert event_reason(Rejection("Service", "a/b", "spec.ports[0].name", "bad")) == "Rejected"
+    assert event_reason(Rejection("Service", "a/b", key, "bad", bad)) == "InvalidVIP"
+    port_name = Rejection("Service", "a/b", "spec.ports[0].name", "bad", Reason.BAD_PORT)
+    assert event_reason(port_name) == "Rejected"
 
 
 def test_token_bucket() -> None:
@@ -148,12 +162,12 @@ def test_an_unreachable_server_ends_the_pass_after_one_try() -> None:
     snap = snapshot(lb("a", "192.0.2.5"), lb("b", "192.0.2.6"), nodes=("node-a",))
     state = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
     writer = StatusWriter(api=unreachable_api(), node_name="node-a")
-    assert writer.sync(snapshot=snap, state=state, settings=SETTINGS, held_vips=None) == []
+    assert writer.sync(snapshot=snap, state=state, held_vips=None) == []
     assert writer.stats.failures == 1 and writer.stats.patches == 0
     recorder = EventRecorder(api=unreachable_api(), node_name="node-a")
     rejections = [
-        Rejection("Service", "default/a", "x", "one"),
-        Rejection("Service", "default/b", "x", "two"),
+        Rejection("Service", "default/a", "x", "one", Reason.BAD_ENTRY),
+        Rejection("Service", "default/b", "x", "two", Reason.BAD_ENTRY),
     ]
     recorder.record(rejections, snap)
     assert recorder.stats.failed == 1 and recorder.stats.created == 0

@@ -1,4 +1,9 @@
-"""Pure rendering: DesiredState + template directories -> {file name: text}.
+"""Pure rendering: DesiredState + templates -> {file name: text}.
+
+The caller owns a :class:`Renderer` (the Jinja environment for its template directories
+and the per-object value cache) and says which files to render, as data: a mapping of
+file name to template name (``keepalived.conf`` -> ``keepalived.conf.j2``); a new daemon
+is one more entry and one more template.
 
 Python turns the model into plain, final strings (addresses formatted,
 names chosen, numbers in range); the templates only loop and branch.  Every
@@ -11,15 +16,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import jinja2
 
-from agent.memo import Generations
-from agent.model import (
+from agent.core.memo import Generations
+from agent.core.model import (
     ApiserverProxy,
     DesiredState,
     IPAddress,
@@ -29,9 +34,11 @@ from agent.model import (
     VrrpInstance,
 )
 
-KEEPALIVED_TEMPLATE = "keepalived.conf.j2"
-HAPROXY_TEMPLATE = "haproxy.cfg.j2"
-OUTPUTS = {"keepalived.conf": KEEPALIVED_TEMPLATE, "haproxy.cfg": HAPROXY_TEMPLATE}
+OUTPUTS: Mapping[str, str] = {
+    "keepalived.conf": "keepalived.conf.j2",
+    "haproxy.cfg": "haproxy.cfg.j2",
+}
+"""The files of the VRRP mode and their templates (file name -> template name)."""
 
 # everything settings and translate can produce (auth_pass may hold '+'), nothing that
 # keepalived or haproxy read as syntax: no quotes, braces, '#', '!', '$' or newlines
@@ -40,15 +47,6 @@ _SAFE = re.compile(r"^[A-Za-z0-9_.:/@=,+\[\] -]*$")
 
 class RenderError(RuntimeError):
     """A template is broken, or a value is unsafe to write into a config file."""
-
-
-def default_template_dir() -> Path:
-    """Packaged templates (wheel) or the checkout's top-level templates/ (editable)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / KEEPALIVED_TEMPLATE).is_file():
-            return candidate
-    raise RenderError(f"no templates found beside {here}")
 
 
 def _safe(value: object) -> str:
@@ -147,62 +145,59 @@ def _track_file(track: TrackFile) -> Values:
     return Values(name=_safe(track.name), path=_safe(track.path), weight=track.weight)
 
 
-_VALUES: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = Generations()
-"""Template values of the model objects the last two renders used (see agent.memo)."""
+class Renderer:
+    """One explicit Jinja environment for a list of template directories (a user's
+    directory first, packaged ones after), and the template values of the model objects
+    the last two renders used (see agent.core.memo).
 
-
-def context(state: DesiredState) -> dict[str, Any]:
-    """The plain values the templates see.
-
-    The per-object parts are cached on the (frozen, hashable) model objects: between two
-    reconciles of a large cluster almost every instance and virtual server is equal to
-    one already converted.  Templates must not mutate what they are given.
+    Compiling the templates costs more than rendering a thousand Services, so the caller
+    keeps its Renderer between passes (Jinja re-checks each template's mtime on use, so an
+    edited template is still picked up at once); per-object values are cached on the
+    frozen, hashable model objects, because between two reconciles of a large cluster
+    almost every instance and virtual server equals one already converted.
     """
-    _VALUES.turn()
-    return {
-        "router_id": _safe(state.router_id),
-        "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
-        "track_files": [_track_file(t) for t in state.track_files],
-        "instances": [_VALUES.get(i, functools.partial(_instance, i)) for i in state.instances],
-        "virtual_servers": [
-            _VALUES.get(v, functools.partial(_virtual_server, v)) for v in state.virtual_servers
-        ],
-        "listeners": [_VALUES.get(x, functools.partial(_listener, x)) for x in state.listeners],
-        "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
-        "stats_socket": _safe(state.haproxy_stats_socket),
-        "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",
-    }
 
+    def __init__(self, template_dirs: Sequence[Path]) -> None:
+        self.template_dirs = tuple(Path(d) for d in template_dirs)
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(d) for d in self.template_dirs]),
+            auto_reload=True,
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self.values: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = (
+            Generations()
+        )
 
-def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
-    """One explicit environment per set of template directories: a user's directory
-    first, packaged ones after.  Compiling the templates costs more than rendering a
-    thousand Services, so environments are kept (Jinja re-checks each template's mtime
-    on use, so an edited template is still picked up at once)."""
-    return _environment(tuple(str(d) for d in template_dirs))
+    def context(self, state: DesiredState) -> dict[str, Any]:
+        """The plain values the templates see (templates must not mutate them)."""
+        self.values.turn()
+        cached = self.values.get
+        return {
+            "router_id": _safe(state.router_id),
+            "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
+            "track_files": [_track_file(t) for t in state.track_files],
+            "instances": [cached(i, functools.partial(_instance, i)) for i in state.instances],
+            "virtual_servers": [
+                cached(v, functools.partial(_virtual_server, v)) for v in state.virtual_servers
+            ],
+            "listeners": [cached(x, functools.partial(_listener, x)) for x in state.listeners],
+            "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
+            "stats_socket": _safe(state.haproxy_stats_socket),
+            "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",
+        }
 
-
-@functools.lru_cache(maxsize=8)
-def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(list(template_dirs)),
-        auto_reload=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-def render(state: DesiredState, template_dirs: Sequence[Path]) -> dict[str, str]:
-    env = environment(template_dirs)
-    values = context(state)
-    out: dict[str, str] = {}
-    for name, template in OUTPUTS.items():
-        try:
-            out[name] = env.get_template(template).render(values)
-        except jinja2.TemplateError as err:
-            where = f":{err.lineno}" if isinstance(err, jinja2.TemplateSyntaxError) else ""
-            raise RenderError(f"template {template}{where}: {err}") from err
-    return out
+    def render(self, state: DesiredState, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, str]:
+        """``{file name: text}`` for every entry of ``outputs`` (file name -> template)."""
+        values = self.context(state)
+        out: dict[str, str] = {}
+        for name, template in outputs.items():
+            try:
+                out[name] = self.env.get_template(template).render(values)
+            except jinja2.TemplateError as err:
+                where = f":{err.lineno}" if isinstance(err, jinja2.TemplateSyntaxError) else ""
+                raise RenderError(f"template {template}{where}: {err}") from err
+        return out

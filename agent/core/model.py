@@ -139,6 +139,32 @@ class VrrpInstance:
     """Where the VIPs came from, for the comment in the file."""
 
 
+class Reason(enum.Enum):
+    """Why an input was rejected: a fixed code, chosen where the rejection is made.
+
+    The value is what metrics label and the status file show; text from the cluster is
+    only ever in :attr:`Rejection.reason`, never in a code.
+    """
+
+    SERVICE_NOT_FOUND = "service_not_found"
+    NODE_NOT_IN_CLUSTER = "node_not_in_cluster"
+    CONTROL_PLANE_VIP = "control_plane_vip"
+    DUPLICATE = "duplicate"
+    EXTERNAL_NAME = "external_name"
+    PROXY_NOT_TCP = "proxy_not_tcp"
+    PORT_MISMATCH = "port_mismatch"
+    BAD_METHOD = "bad_method"
+    BAD_SCHEDULER = "bad_scheduler"
+    BAD_TIMEOUT = "bad_timeout"
+    BAD_PROTOCOL = "bad_protocol"
+    ADDRESS_FAMILY = "address_family"
+    NO_BACKEND_ADDRESS = "no_backend_address"
+    BAD_ADDRESS = "bad_address"
+    BAD_PORT = "bad_port"
+    BAD_NAME = "bad_name"
+    BAD_ENTRY = "bad_entry"
+
+
 @dataclass(frozen=True)
 class Rejection:
     """An input that was skipped: one line naming the object, the key and why."""
@@ -147,6 +173,7 @@ class Rejection:
     obj: str
     key: str
     reason: str
+    code: Reason
 
     def __str__(self) -> str:
         key = f" key {self.key!r}" if self.key else ""
@@ -161,6 +188,27 @@ def _printable(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class ServiceVips:
+    """The VIPs a LoadBalancer Service asks for: its valid addresses, in its order."""
+
+    service: tuple[str, str]
+    """(namespace, name)."""
+    requested: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    """The Nodes translation saw, for write-back: who may hold service VIPs."""
+
+    known: bool
+    """Node objects were given (False: manifests without Nodes, static mode)."""
+    all: tuple[str, ...]
+    """Every valid Node name, sorted."""
+    eligible: tuple[str, ...]
+    """Nodes that may hold service VIPs (``node_selector``), sorted."""
+
+
+@dataclass(frozen=True)
 class DesiredState:
     router_id: str
     instances: tuple[VrrpInstance, ...]
@@ -172,3 +220,6 @@ class DesiredState:
     haproxy_hard_stop_after_s: int
     notify_fifo: str | None
     rejections: tuple[Rejection, ...] = field(default=())
+    service_vips: tuple[ServiceVips, ...] = ()
+    """What each LoadBalancer Service asks for, sorted by Service (write-back's input)."""
+    nodes: NodeSet = NodeSet(known=False, all=(), eligible=())

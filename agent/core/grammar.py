@@ -12,7 +12,7 @@ import ipaddress
 import re
 import socket
 
-from agent.model import IPAddress
+from agent.core.model import IPAddress
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 """RFC 1123 label: namespaces, Service names."""

@@ -1,0 +1,198 @@
+"""Pure translation: cluster snapshot + this node + settings -> DesiredState.
+
+The steps, one module each:
+  * ``nodes``: the Nodes, and which may hold service VIPs and the control-plane VIP;
+  * ``requests``: which VIP each source asks for (vip-configmap, LoadBalancer Services);
+  * ``endpoints``: Service ports and the ready endpoints serving them;
+  * ``forwarding``: what a request becomes (virtual servers, listeners), slots claimed
+    first come first served, plans memoized in a caller-owned :class:`PlanMemo`;
+  * ``vrrp`` and ``control_plane``: instances, ids, priorities, peers, the apiserver
+    frontend and its health track file.
+
+Nothing here reads the clock, the environment, the network or a file: the
+same snapshot and settings give the same DesiredState, byte for byte once
+rendered, on every node and in every dry run.
+
+Where VIPs come from
+  * the vip-configmap (keepalived-vip format): key = VIP, value =
+    ``namespace/service[:NAT|DR|TUN|PROXY]`` (NAT when absent) or empty (a VIP
+    with no virtual servers).  ConfigMap keys cannot hold ':', so an IPv6 VIP
+    is written with '-' for ':' (``2001-db8--50`` is ``2001:db8::50``).
+  * Services of type LoadBalancer: ``kube-vip.io/loadbalancerIPs`` (comma
+    separated) or else ``spec.loadBalancerIP``.  Such a VIP is announced only
+    (kube-proxy forwards it, as under kube-vip) unless the Service asks for
+    keepalived forwarding with ``vip-agent.io/method: NAT|DR|TUN|PROXY``.
+  * the control-plane VIP from settings, with haproxy in front of the apiservers.
+
+VRRP layout, and why it is stable
+  * virtual_router_id: the control-plane instance and the shared service
+    instance use fixed ids from settings.  With ``spread`` each service VIP
+    gets an id hashed from the VIP alone into ``virtual_router_id_range``;
+    two VIPs that hash alike share one instance.  An id therefore never
+    depends on which other VIPs exist.
+  * priority: per instance, each node's priority is a hash of (instance,
+    node name) into 200..249 (rendezvous hashing).  It never depends on
+    which other nodes exist, so a node joining or leaving moves no VIP
+    except where the newcomer is preferred.  Equal priorities are broken by
+    VRRP itself (higher primary address wins).  The highest-priority node is
+    the preferred owner, so with ``spread`` owners spread across nodes.
+  * no ``nopreempt``: a node whose apiserver check fails drops by 120 (to at
+    most 129), below every healthy node, and the healthy one preempts.
+    keepalived-vip's nopreempt + weighted check never moved the VIP.
+  * ``externalTrafficPolicy: Local``: real servers are this node's ready
+    endpoints only; with ``spread``, a node with none of them lowers its
+    priority for that VIP by 50 (to 150..199) so a node with local endpoints
+    holds it when one exists.
+  * Only the lowest VIP of an instance is advertised; the others go in
+    ``virtual_ipaddress_excluded``.  keepalived drops an advert whose
+    address list differs from its own (``addr_list_err``), so nodes that
+    briefly render different VIP sets during a rolling change would each
+    become MASTER.  With one advertised address (and
+    ``vrrp_skip_check_adv_addr``) they agree unless that one address itself
+    changes.  It also lifts VRRP's 20-addresses-per-advert limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from agent.core.model import DesiredState, IPAddress, NodeSet, Protocol, Reason
+from agent.core.snapshot import Snapshot
+from agent.core.translate.common import Rejections
+from agent.core.translate.control_plane import HEALTH_TRACK, HEALTH_WEIGHT, control_plane
+from agent.core.translate.forwarding import (
+    ANNOTATION_SCHEDULER,
+    Forwarding,
+    PlanMemo,
+    Slot,
+    forward,
+)
+from agent.core.translate.nodes import NodeView, node_view
+from agent.core.translate.requests import (
+    ANNOTATION_LB_IPS,
+    ANNOTATION_METHOD,
+    VipRequest,
+    configmap_requests,
+    parse_configmap_key,
+    service_requests,
+)
+from agent.core.translate.vrrp import LOCAL_PENALTY, priority_for, service_instances, vrid_for
+from agent.settings import Settings
+
+__all__ = [
+    "ANNOTATION_LB_IPS",
+    "ANNOTATION_METHOD",
+    "ANNOTATION_SCHEDULER",
+    "HEALTH_TRACK",
+    "HEALTH_WEIGHT",
+    "LOCAL_PENALTY",
+    "PlanMemo",
+    "parse_configmap_key",
+    "priority_for",
+    "translate",
+    "vrid_for",
+]
+
+
+def translate(
+    snapshot: Snapshot,
+    settings: Settings,
+    *,
+    node_name: str,
+    interface: str,
+    memo: PlanMemo | None = None,
+) -> DesiredState:
+    """Everything this node should run, plus every input that was rejected and why.
+
+    ``memo`` carries forwarding plans from one translation to the next (a live agent
+    keeps one); without it the translation starts cold.  The result is the same.
+    """
+    memo = PlanMemo() if memo is None else memo
+    memo.turn()
+    rej = Rejections()
+    nodes = node_view(snapshot, settings, node_name=node_name, rej=rej)
+    cp_vip = (
+        ipaddress.ip_address(settings.control_plane_vip) if settings.control_plane_vip else None
+    )
+    lb_requests, service_vips = service_requests(snapshot, rej)
+    requests = configmap_requests(snapshot, settings, rej) + lb_requests
+    claims = _Claims(cp_vip, settings.control_plane_port)
+    for request in requests:
+        if claims.admit(request, rej) and request.method is not None:
+            forward(
+                request,
+                snapshot=snapshot,
+                settings=settings,
+                node_name=node_name,
+                memo=memo,
+                taken=claims.taken,
+                out=claims.forwarding,
+                rej=rej,
+            )
+    cp = None
+    if cp_vip is not None and nodes.serves_control_plane:
+        cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
+    instances = [cp.instance] if cp is not None else []
+    forwarding = claims.forwarding
+    if nodes.serves_services:
+        instances += service_instances(
+            claims.owners,
+            local_vips=forwarding.local_vips,
+            settings=settings,
+            interface=interface,
+            nodes=nodes,
+        )
+    else:
+        forwarding.virtual_servers.clear()
+        forwarding.listeners.clear()
+    return DesiredState(
+        router_id=node_name,
+        instances=tuple(instances),
+        virtual_servers=tuple(
+            forwarding.virtual_servers[k] for k in sorted(forwarding.virtual_servers)
+        ),
+        listeners=tuple(forwarding.listeners[k] for k in sorted(forwarding.listeners)),
+        apiserver=cp.apiserver if cp is not None else None,
+        track_files=(cp.track_file,) if cp is not None else (),
+        haproxy_stats_socket=settings.haproxy_stats_socket,
+        haproxy_hard_stop_after_s=settings.haproxy_hard_stop_after,
+        notify_fifo=settings.vrrp_notify_fifo,
+        rejections=tuple(rej.items),
+        service_vips=service_vips,
+        nodes=_nodes(nodes),
+    )
+
+
+class _Claims:
+    """Which requests are admitted as VIPs, who owns each, which slots are taken."""
+
+    def __init__(self, cp_vip: IPAddress | None, cp_port: int) -> None:
+        self.cp_vip = cp_vip
+        self.owners: dict[IPAddress, list[str]] = {}
+        self.forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
+        self.taken: set[Slot] = set()
+        if cp_vip is not None:
+            self.taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, cp_port))
+
+    def admit(self, request: VipRequest, rej: Rejections) -> bool:
+        where = {"kind": request.kind, "obj": request.obj, "key": request.key}
+        if request.vip == self.cp_vip:
+            rej.add(Reason.CONTROL_PLANE_VIP, **where, reason="is the control-plane VIP")
+            return False
+        vip = request.vip
+        if vip.is_loopback or vip.is_multicast or vip.is_unspecified:
+            rej.add(Reason.BAD_ADDRESS, **where, reason="not a usable VIP")
+            return False
+        owner = f"{request.kind} {request.obj}"
+        owners = self.owners.setdefault(vip, [])
+        if owner not in owners:
+            owners.append(owner)
+        return True
+
+
+def _nodes(nodes: NodeView) -> NodeSet:
+    return NodeSet(
+        known=nodes.known,
+        all=tuple(nodes.by_name),
+        eligible=nodes.service_nodes,
+    )

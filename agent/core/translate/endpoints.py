@@ -1,0 +1,234 @@
+"""Service ports and the ready endpoints that serve each of them.
+
+Endpoints come from the Service's EndpointSlices or, without any, from its core/v1
+Endpoints; a named targetPort is resolved the way kube-proxy resolves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core import grammar
+from agent.core.model import IPAddress, Protocol, Reason
+from agent.core.snapshot import Key, Obj, Snapshot
+from agent.core.translate.common import Rejections, as_list, as_mapping, as_str, meta_of
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    protocol: Protocol
+    target: int | str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: IPAddress
+    port: int
+    node: str | None
+
+
+def service_ports(service: Obj, ref: str, rej: Rejections) -> list[Port]:
+    ports: list[Port] = []
+    for index, raw in enumerate(as_list(as_mapping(service.get("spec")).get("ports"))):
+        raw = as_mapping(raw)
+        key = f"spec.ports[{index}]"
+        name = raw.get("name") or ""
+        if not isinstance(name, str) or (name and not grammar.IANA_SVC_NAME.match(name)):
+            rej.add(
+                Reason.BAD_PORT,
+                kind="Service",
+                obj=ref,
+                key=f"{key}.name",
+                reason="not a valid port name",
+            )
+            continue
+        try:
+            protocol = Protocol(raw.get("protocol") or "TCP")
+        except ValueError:
+            rej.add(
+                Reason.BAD_PROTOCOL,
+                kind="Service",
+                obj=ref,
+                key=f"{key}.protocol",
+                reason="must be TCP, UDP or SCTP",
+            )
+            continue
+        try:
+            port = grammar.parse_port(raw.get("port"))
+        except ValueError as err:
+            rej.add(Reason.BAD_PORT, kind="Service", obj=ref, key=f"{key}.port", reason=str(err))
+            continue
+        target = raw.get("targetPort", port)
+        if isinstance(target, str) and target.isdigit():
+            target = int(target)
+        if isinstance(target, str):
+            if not grammar.IANA_SVC_NAME.match(target):
+                rej.add(
+                    Reason.BAD_PORT,
+                    kind="Service",
+                    obj=ref,
+                    key=f"{key}.targetPort",
+                    reason="not a port number or port name",
+                )
+                continue
+        else:
+            try:
+                target = grammar.parse_port(target)
+            except ValueError as err:
+                rej.add(
+                    Reason.BAD_PORT,
+                    kind="Service",
+                    obj=ref,
+                    key=f"{key}.targetPort",
+                    reason=str(err),
+                )
+                continue
+        ports.append(Port(name=name, port=port, protocol=protocol, target=target))
+    return ports
+
+
+def _ready(conditions: Mapping[str, Any]) -> bool:
+    # EndpointSlice API: a nil "ready" is unknown and consumers treat it as ready;
+    # terminating endpoints are never served, whatever "ready" says.
+    return conditions.get("ready") is not False and conditions.get("terminating") is not True
+
+
+def _target_number(ports: object, port: Port) -> object:
+    """The endpoint port serving ``port``: the one with the Service port's name and
+    protocol, as kube-proxy matches them (how a named targetPort is resolved)."""
+    for entry in as_list(ports):
+        entry = as_mapping(entry)
+        if (entry.get("name") or "") == port.name and (
+            entry.get("protocol") or "TCP"
+        ) == port.protocol.value:
+            return entry.get("port")
+    return None
+
+
+def _slice_endpoints(
+    slices: Iterable[Obj], port: Port, family: int | None, rej: Rejections
+) -> list[Endpoint]:
+    found: list[Endpoint] = []
+    for item in slices:
+        slice_name = f"{meta_of(item).get('namespace')}/{meta_of(item).get('name')}"
+        address_type = item.get("addressType")
+        if address_type not in ("IPv4", "IPv6"):
+            continue
+        if family is not None and address_type != f"IPv{family}":
+            continue
+        number = _target_number(item.get("ports"), port)
+        if number is None:
+            continue
+        try:
+            number = grammar.parse_port(number)
+        except ValueError as err:
+            rej.add(
+                Reason.BAD_PORT,
+                kind="EndpointSlice",
+                obj=slice_name,
+                key="ports.port",
+                reason=str(err),
+            )
+            continue
+        for index, ep in enumerate(as_list(item.get("endpoints"))):
+            ep = as_mapping(ep)
+            if not _ready(as_mapping(ep.get("conditions"))):
+                continue
+            addresses = as_list(ep.get("addresses"))
+            if not addresses:
+                continue
+            try:
+                # addresses of one endpoint are fungible; kube-proxy uses the first
+                address = grammar.parse_ip(addresses[0])
+            except ValueError as err:
+                rej.add(
+                    Reason.BAD_ADDRESS,
+                    kind="EndpointSlice",
+                    obj=slice_name,
+                    key=f"endpoints[{index}].addresses",
+                    reason=str(err),
+                )
+                continue
+            if address.version != int(address_type[-1]):
+                rej.add(
+                    Reason.ADDRESS_FAMILY,
+                    kind="EndpointSlice",
+                    obj=slice_name,
+                    key=f"endpoints[{index}]",
+                    reason="wrong address family",
+                )
+                continue
+            found.append(Endpoint(address, number, as_str(ep.get("nodeName"))))
+    return found
+
+
+def _core_endpoints(
+    endpoints: Obj, port: Port, family: int | None, rej: Rejections
+) -> list[Endpoint]:
+    ref = f"{meta_of(endpoints).get('namespace')}/{meta_of(endpoints).get('name')}"
+    found: list[Endpoint] = []
+    for s_index, subset in enumerate(as_list(endpoints.get("subsets"))):
+        subset = as_mapping(subset)
+        number = _target_number(subset.get("ports"), port)
+        if number is None:
+            continue
+        try:
+            number = grammar.parse_port(number)
+        except ValueError as err:
+            rej.add(
+                Reason.BAD_PORT,
+                kind="Endpoints",
+                obj=ref,
+                key=f"subsets[{s_index}].ports",
+                reason=str(err),
+            )
+            continue
+        # notReadyAddresses are left out on purpose: only ready endpoints serve
+        for a_index, entry in enumerate(as_list(subset.get("addresses"))):
+            entry = as_mapping(entry)
+            try:
+                address = grammar.parse_ip(entry.get("ip"))
+            except ValueError as err:
+                rej.add(
+                    Reason.BAD_ADDRESS,
+                    kind="Endpoints",
+                    obj=ref,
+                    key=f"subsets[{s_index}].addresses[{a_index}].ip",
+                    reason=str(err),
+                )
+                continue
+            if family is not None and address.version != family:
+                continue
+            found.append(Endpoint(address, number, as_str(entry.get("nodeName"))))
+    return found
+
+
+def endpoint_objects(snapshot: Snapshot, service: Key) -> tuple[bool, tuple[Obj, ...]]:
+    """What a Service's endpoints come from: (True, its slices), else (False, its
+    core/v1 Endpoints), else (False, ())."""
+    slices = snapshot.endpoint_slices.get(service)
+    if slices:
+        return True, tuple(slices)
+    endpoints = snapshot.endpoints.get(service)
+    return False, ((endpoints,) if endpoints is not None else ())
+
+
+def endpoints_for(
+    from_slices: bool,
+    objs: tuple[Obj, ...],
+    port: Port,
+    family: int | None,
+    rej: Rejections,
+) -> list[Endpoint]:
+    if from_slices:
+        found = _slice_endpoints(objs, port, family, rej)
+    elif objs:
+        found = _core_endpoints(objs[0], port, family, rej)
+    else:
+        return []
+    unique = {(e.address.version, int(e.address), e.port): e for e in found}
+    return [unique[k] for k in sorted(unique)]
