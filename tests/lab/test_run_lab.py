@@ -1,0 +1,152 @@
+"""`vip-agent run` with real keepalived and haproxy in network namespaces (supervise mode).
+
+Two nodes on a bridge run the whole agent in static mode (no cluster): the control-plane
+VIP floats between them by real VRRP.  What a node operator relies on is checked by
+watching the interface addresses: a crash of the agent never flaps the VIP, a killed
+keepalived comes back, SIGTERM hands the VIP over at once, and a broken configuration
+never replaces a working one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.daemons import read_pid
+from labkit.netlab import Host, Lab, agent_config, start_agent, wait_for
+from labkit.objects import configmap, endpoint, endpoint_slice, port, service
+from tests.conftest import ROOT
+
+VIP = "192.0.2.10"
+
+
+pytestmark = pytest.mark.usefixtures("lab_ready")
+
+
+def holder_and_other(lab: Lab) -> tuple[Host, Host]:
+    n1, n2 = lab["n1"], lab["n2"]
+    # the preferred master is fixed by the rendezvous priorities; let a first election settle
+    time.sleep(1.0)
+    return (n1, n2) if n1.has(VIP) else (n2, n1)
+
+
+def keepalived_pid(host: Host) -> int:
+    pid = read_pid(host.dir / "run" / "keepalived.pid")
+    assert pid is not None
+    return pid
+
+
+class Presence:
+    """Polls one host's VIP every 10 ms in the background and remembers any gap."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.missing = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        for _ in range(100_000):
+            if self._stop.wait(0.01):
+                return
+            self.samples += 1
+            if not self.host.has(VIP):
+                self.missing += 1
+
+    def __enter__(self) -> Presence:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def test_agent_sigkill_keeps_the_vip_and_restart_adopts_without_flap(pair: Lab) -> None:
+    holder, _ = holder_and_other(pair)
+    agent = pair.processes[list(pair.hosts).index(holder.name)]
+    before = keepalived_pid(holder)
+    with Presence(holder) as presence:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=5)
+        time.sleep(1.5)  # the daemons carry on alone
+        restarted = start_agent(holder, holder.dir / "config.yaml")
+        log = holder.dir / "agent.log"
+        wait_for(lambda: "adopted running pid" in log.read_text(), timeout=10, what="adoption")
+        time.sleep(1.5)
+    assert restarted.poll() is None
+    assert keepalived_pid(holder) == before, "keepalived was restarted, not adopted"
+    assert presence.samples > 100
+    assert presence.missing == 0, f"VIP missing in {presence.missing} of {presence.samples} polls"
+
+
+def test_killed_keepalived_comes_back_and_sigterm_releases_the_vip(pair: Lab) -> None:
+    holder, other = holder_and_other(pair)
+    old = keepalived_pid(holder)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: other.has(VIP), timeout=5, what="backup takes over")
+    wait_for(
+        lambda: read_pid(holder.dir / "run" / "keepalived.pid") not in (None, old),
+        timeout=10,
+        what="supervisor restarts keepalived",
+    )
+    # the preferred node preempts back once its keepalived runs again
+    wait_for(lambda: holder.has(VIP), timeout=10, what="VIP returns to the preferred node")
+    assert "exited; restarting" in (holder.dir / "agent.log").read_text()
+
+    agent = pair.processes[list(pair.hosts).index(holder.name)]
+    agent.send_signal(signal.SIGTERM)
+    released = wait_for(lambda: not holder.has(VIP), timeout=1.0, interval=0.01, what="release")
+    assert released < 1.0
+    wait_for(lambda: other.has(VIP), timeout=2, what="peer takes the VIP")
+    agent.wait(timeout=10)
+    assert agent.returncode == 0
+
+
+def test_broken_template_keeps_the_running_config_until_fixed(tmp_path: Path) -> None:
+    with Lab(["n1"]) as lab:
+        host = lab["n1"]
+        templates = host.dir / "templates"
+        shutil.copytree(ROOT / "templates", templates)
+        manifests = host.dir / "manifests"
+        manifests.mkdir()
+        objects = [
+            configmap({"192.0.2.50": "default/web"}),
+            service("web", [port("http", 80, 8080)]),
+            endpoint_slice("web", [port("http", 8080)], [endpoint("203.0.113.5")]),
+        ]
+        (manifests / "cluster.yaml").write_text(yaml.safe_dump_all(objects))
+        config = agent_config(
+            host, templates=str(templates), manifests=[str(manifests)], real_server_check="none"
+        )
+        start_agent(host, config)
+        wait_for(lambda: host.has("192.0.2.50"), timeout=15, what="VIP up")
+        live = host.dir / "etc" / "keepalived.conf"
+        good = live.read_text()
+        pid = keepalived_pid(host)
+
+        template = templates / "keepalived.conf.j2"
+        template.write_text(template.read_text() + "\nno_such_keyword {{ router_id }}\n")
+        failed = live.with_name("keepalived.conf.failed")
+        wait_for(failed.exists, timeout=10, what=".failed written")
+        log = host.dir / "agent.log"
+        wait_for(lambda: "validation failed" in log.read_text(), timeout=5, what="reported")
+        assert live.read_text() == good
+        assert "no_such_keyword" in failed.read_text()
+        assert keepalived_pid(host) == pid and host.has("192.0.2.50")
+
+        template.write_text((ROOT / "templates" / "keepalived.conf.j2").read_text())
+        objects[0] = configmap({"192.0.2.50": "default/web", "192.0.2.51": ""})
+        (manifests / "cluster.yaml").write_text(yaml.safe_dump_all(objects))
+        wait_for(lambda: host.has("192.0.2.51"), timeout=15, what="valid change applies")
+        assert not failed.exists()
+        assert keepalived_pid(host) == pid, "a reload, not a restart"
+        assert os.stat(live).st_mode & 0o777 == 0o600

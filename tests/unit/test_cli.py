@@ -1,0 +1,113 @@
+"""`vip-agent render --dry-run`: the contract in DESIGN.md, through the real command."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from agent.cli import main
+from tests.conftest import EXAMPLES
+
+ARGS = ["render", "--dry-run", "--manifests", str(EXAMPLES / "cluster.yaml")]
+ARGS += ["--config", str(EXAMPLES / "config.yaml")]
+
+
+def test_output_dir_files_are_private_and_identical_across_runs(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for out in ("a", "b"):
+        result = runner.invoke(main, [*ARGS, "--output-dir", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    for name in ("keepalived.conf", "haproxy.cfg"):
+        a, b = tmp_path / "a" / name, tmp_path / "b" / name
+        assert a.read_bytes() == b.read_bytes()
+        assert stat.S_IMODE(a.stat().st_mode) == 0o600
+
+
+def test_rejections_one_line_each_on_stderr_and_strict_exit() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", *ARGS], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    lines = proc.stderr.splitlines()
+    assert lines == [
+        "rejected: ConfigMap kube-system/vip-configmap key '192.0.2.300': "
+        "not an IP address (IPv6: write '-' for ':')",
+        "rejected: ConfigMap kube-system/vip-configmap key '192.0.2.57': "
+        "method must be NAT, DR, TUN or PROXY",
+        "rejected: ConfigMap kube-system/vip-configmap key '192.0.2.55': "
+        "service default/not-there not found; VIP held without virtual servers",
+    ]
+    assert "# ==> keepalived.conf <==" in proc.stdout and "# ==> haproxy.cfg <==" in proc.stdout
+    strict = subprocess.run(
+        [sys.executable, "-m", "agent", *ARGS, "--strict"], capture_output=True, check=False
+    )
+    assert strict.returncode == 1
+    assert strict.stdout == proc.stdout.encode()
+
+
+def test_stdin_and_environment_settings(tmp_path: Path) -> None:
+    env = {**os.environ, "VIP_AGENT_NODE_NAME": "cp-1", "VIP_AGENT_INTERFACE": "eth0"}
+    env["VIP_AGENT_CONTROL_PLANE_VIP"] = "192.0.2.10"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "render", "--dry-run", "--manifests", "-"],
+        input=(EXAMPLES / "cluster.yaml").read_text(),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "router_id cp-1" in proc.stdout
+    assert "vrrp_instance control_plane {" in proc.stdout
+
+
+def test_user_templates_override_and_broken_template_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "haproxy.cfg.j2").write_text("# custom {{ stats_socket }}\n")
+    runner = CliRunner()
+    result = runner.invoke(main, [*ARGS, "--templates", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "# custom /run/vip-agent/haproxy.sock" in result.output
+    assert "vrrp_instance" in result.output  # keepalived.conf.j2 still the packaged one
+    (tmp_path / "haproxy.cfg.j2").write_text("{% for x in %}\n")
+    result = runner.invoke(main, [*ARGS, "--templates", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error: template haproxy.cfg.j2:1:" in result.output
+
+
+def test_bad_input_errors_exit_2_with_a_message(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["render", "--dry-run", "--manifests", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no such file or directory" in result.output
+    result = runner.invoke(main, [*ARGS, "--advert-int", "abc"])
+    assert result.exit_code == 2
+    result = runner.invoke(main, [*ARGS, "--interface", "eth0\nx"])
+    assert result.exit_code == 2 and "not a Linux interface name" in result.output
+    result = runner.invoke(main, ["render", "--manifests", str(EXAMPLES / "cluster.yaml")])
+    assert result.exit_code == 2 and "--dry-run" in result.output
+
+
+def test_render_pauses_the_cyclic_collector_only_while_it_runs(tmp_path: Path) -> None:
+    import gc
+
+    runner = CliRunner()
+    assert gc.isenabled()
+    assert runner.invoke(main, [*ARGS, "--interface", "eth0"]).exit_code == 0
+    assert gc.isenabled()
+    # a failure inside the render (exit 2 through SystemExit) restores it too
+    missing = ["render", "--dry-run", "--manifests", str(tmp_path / "missing.yaml")]
+    assert runner.invoke(main, missing).exit_code == 2
+    assert gc.isenabled()
+
+
+def test_readme_settings_reference_is_current() -> None:
+    from agent.cli import settings_reference
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    begin, end = "<!-- settings-reference:begin -->\n", "<!-- settings-reference:end -->"
+    table = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    assert table == settings_reference(), "run: vip-agent settings --reference"
