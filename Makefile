@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps test-deps demo test check lint typecheck unit bench clean
 
 setup: system-deps $(STAMP)
 
@@ -32,8 +32,8 @@ demo: setup
 
 # ruff, and the import contract (.importlinter: the pure core imports nothing from the shell)
 lint: setup
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/ruff check agent tests bench labkit
+	$(BIN)/ruff format --check agent tests bench labkit
 	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
@@ -43,6 +43,10 @@ unit: setup test-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Everyday work: lint, types and the pure tier, in under a minute (no root, no builds).
+check: lint typecheck
+	$(BIN)/pytest -q -m unit $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/render_bench.py

@@ -1,7 +1,7 @@
 """Watch-to-file latency and agent RSS against a real kube-apiserver 1.20 + etcd.
 
 What runs
-    * a private kube-apiserver 1.20.2 + etcd (tests/kube/apiserver.py; needs
+    * a private kube-apiserver 1.20.2 + etcd (labkit/apiserver.py; needs
       scripts/build-kube-apiserver), with its default watch caches ON as in production, and
       a /16 service range so 5,000 Services get ClusterIPs;
     * N Services (one TCP port, named) x core/v1 Endpoints with 4 ready addresses (1.20
@@ -402,7 +402,7 @@ def main() -> None:
         return
 
     from agent.sources.kube import KubeApi
-    from tests.kube.apiserver import ApiServer
+    from labkit.apiserver import ApiServer
 
     rng = random.Random(args.seed)
     print(

@@ -18,7 +18,7 @@ from agent.reconcile import Agent
 from agent.sources.kube import KubeApi
 from agent.validate import CheckResult
 from agent.writeback import EventRecorder, StatusWriter, WriteBack, current_ingress
-from tests.kube.cluster import Cluster, Scene, eventually, source_for
+from tests.support.cluster import Cluster, Scene, eventually, source_for
 
 
 def accept(_path: Path) -> CheckResult:

@@ -12,7 +12,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.kube.apiserver import NOBODY_USER, ApiServer, wait_until, watch_ends_in_gone
+from labkit.apiserver import NOBODY_USER, ApiServer, wait_until, watch_ends_in_gone
 
 NAMESPACE = "default"
 

@@ -25,9 +25,9 @@ from agent.core.translate import translate
 from agent.settings import Settings
 from agent.sources.kube import ENDPOINTS, ApiError, KubeApi
 from agent.writeback import EventRecorder, StatusWriter
-from tests import objects
-from tests.kube.apiserver import AGENT_SA_USER, LIMITED_SA_USER
-from tests.kube.cluster import Cluster, eventually, rbac_documents, running, source_for
+from labkit import objects
+from labkit.apiserver import AGENT_SA_USER, LIMITED_SA_USER
+from tests.support.cluster import Cluster, eventually, rbac_documents, running, source_for
 
 CM = ("kube-system", "vip-configmap")
 

@@ -19,9 +19,9 @@ from kubernetes import client
 
 from agent.core.model import DesiredState
 from agent.sources.kube import ENDPOINTS, KubeApi, Query, WatchStream
-from tests import objects
-from tests.kube.apiserver import wait_until, watch_ends_in_gone
-from tests.kube.cluster import Cluster, Scene, eventually, running, source_for
+from labkit import objects
+from labkit.apiserver import wait_until, watch_ends_in_gone
+from tests.support.cluster import Cluster, Scene, eventually, running, source_for
 
 
 def test_services_endpoints_and_configmap_are_followed(cluster: Cluster) -> None:

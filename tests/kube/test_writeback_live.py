@@ -20,7 +20,7 @@ from agent.writeback import (
     current_ingress,
     rendezvous_winner,
 )
-from tests.kube.cluster import Cluster, Scene, eventually, running, source_for
+from tests.support.cluster import Cluster, Scene, eventually, running, source_for
 
 VIP = "192.0.2.70"
 
