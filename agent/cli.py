@@ -290,7 +290,7 @@ def run(config_file: str | None, **flags: Any) -> None:
     from agent.sources.kube import KubeApi, KubeSource, api_client_for
     from agent.sources.static import ManifestSource, StaticSource, watch_paths
     from agent.telemetry import Telemetry
-    from agent.writeback import EventRecorder, StatusWriter, WriteBack
+    from agent.writeback import EventRecorder, IngressWriter, WriteBack
 
     try:
         settings = load_settings(config_file, flags)
@@ -306,6 +306,10 @@ def run(config_file: str | None, **flags: Any) -> None:
         fail("setting interface is required (or node_address, to find it)")
         return
     holder: dict[str, Any] = {}
+    telemetry = Telemetry(
+        settings, node_name=node_name, interface=interface, addresses=netlink.addresses
+    )
+    holder["telemetry"] = telemetry
     writeback: WriteBack | None = None
     if settings.manifests:
         source: Any = ManifestSource(settings.manifests)
@@ -328,8 +332,8 @@ def run(config_file: str | None, **flags: Any) -> None:
             return {address for address, _prefix in netlink.addresses(interface)}
 
         writeback = WriteBack(
-            status=StatusWriter(api=kube_api, node_name=node_name),
-            events=EventRecorder(api=kube_api, node_name=node_name),
+            ingress=IngressWriter(api=kube_api, node_name=node_name, registry=telemetry.registry),
+            events=EventRecorder(api=kube_api, node_name=node_name, registry=telemetry.registry),
             held_vips=held_vips,
             node_name=node_name,
         )
@@ -349,10 +353,6 @@ def run(config_file: str | None, **flags: Any) -> None:
                 ", ".join(map(str, removed)),
             )
 
-    telemetry = Telemetry(
-        settings, node_name=node_name, interface=interface, addresses=netlink.addresses
-    )
-    holder["telemetry"] = telemetry
     agent = Agent(
         settings=settings,
         source=source,

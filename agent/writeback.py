@@ -52,8 +52,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
 
 from agent.core.model import DesiredState, IPAddress, NodeSet, Rejection
 from agent.core.snapshot import Key, Obj, Snapshot
@@ -218,15 +220,6 @@ class _Recorded:
 EventKey = tuple[str, str, str, str]
 
 
-@dataclass
-class EventStats:
-    created: int = 0
-    patched: int = 0
-    limited: int = 0
-    failed: int = 0
-    by_key: dict[EventKey, str] = field(default_factory=dict)
-
-
 class EventRecorder:
     """Deduplicated, rate-limited Warning Events for rejected input (module docstring)."""
 
@@ -242,6 +235,7 @@ class EventRecorder:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         suffix: str | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -249,7 +243,18 @@ class EventRecorder:
         self.clock, self.wall = clock, wall
         self.bucket = TokenBucket(rate=per_minute / 60.0, burst=per_minute, clock=clock)
         self.suffix = suffix if suffix is not None else f"{int(wall() * 1e9):x}"
-        self.stats = EventStats()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.results = Counter(
+            "vip_agent_events_total",
+            "Kubernetes Events about rejected input, by result: created, patched (the same "
+            "problem again), limited (held back by the rate limit, tried again on a later "
+            "pass) or failed.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.names: dict[EventKey, str] = {}
+        """The Event made for each problem (object, key, reason)."""
+        self.last_error: str | None = None
         self._recorded: dict[EventKey, _Recorded] = {}
         self._active: set[EventKey] = set()
         self._denied: set[str] = set()
@@ -270,7 +275,8 @@ class EventRecorder:
                     self._repeat(key, current[key], seen)
         except Unreachable as err:
             # the rest would wait out the same timeout one by one; try again next pass
-            self.stats.failed += 1
+            self.results.labels(result="failed").inc()
+            self.last_error = str(err)
             log.warning("events: API server unreachable (%s); trying again later", err)
             return
         self._active = set(current)
@@ -296,7 +302,7 @@ class EventRecorder:
         if involved is None:
             return  # the object went away before we could say what was wrong with it
         if not self.bucket.take():
-            self.stats.limited += 1
+            self.results.labels(result="limited").inc()
             return
         digest = hashlib.sha256("\0".join((self.node_name, *key)).encode()).hexdigest()[:16]
         name = f"{involved['name'][:200]}.{digest}{self.suffix}"
@@ -319,12 +325,12 @@ class EventRecorder:
         }
         if self._send("create", "POST", f"/api/v1/namespaces/{namespace}/events", body, None):
             self._recorded[key] = _Recorded(name, namespace, 1, self.clock())
-            self.stats.created += 1
-            self.stats.by_key[key] = name
+            self.results.labels(result="created").inc()
+            self.names[key] = name
 
     def _repeat(self, key: EventKey, rejection: Rejection, seen: _Recorded) -> None:
         if not self.bucket.take():
-            self.stats.limited += 1
+            self.results.labels(result="limited").inc()
             return
         body = {
             "count": seen.count + 1,
@@ -335,7 +341,7 @@ class EventRecorder:
         if self._send("patch", "PATCH", path, body, "application/merge-patch+json"):
             seen.count += 1
             seen.last = self.clock()
-            self.stats.patched += 1
+            self.results.labels(result="patched").inc()
 
     def _send(
         self, verb: str, method: str, path: str, body: object, content_type: str | None
@@ -343,7 +349,8 @@ class EventRecorder:
         try:
             self.api.request(method, path, body=body, content_type=content_type)
         except ApiError as err:
-            self.stats.failed += 1
+            self.results.labels(result="failed").inc()
+            self.last_error = str(err)
             if err.status == 403:
                 if verb not in self._denied:
                     self._denied.add(verb)
@@ -362,21 +369,23 @@ class EventRecorder:
 # --- the worker ------------------------------------------------------------------------
 
 
-@dataclass
-class WriteStats:
-    patches: int = 0
-    conflicts: int = 0
-    failures: int = 0
-    last_error: str | None = None
-
-
-class StatusWriter:
+class IngressWriter:
     """Applies ``plan_ingress`` through the API, without repeating a patch in flight."""
 
-    def __init__(self, *, api: KubeApi, node_name: str) -> None:
+    def __init__(
+        self, *, api: KubeApi, node_name: str, registry: CollectorRegistry | None = None
+    ) -> None:
         self.api = api
         self.node_name = node_name
-        self.stats = WriteStats()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.results = Counter(
+            "vip_agent_ingress_writes_total",
+            "Patches of a Service's status.loadBalancer.ingress, by result: ok, conflict "
+            "(someone else changed it first; theirs now) or failed.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.last_error: str | None = None
         self._written: dict[Key, tuple[str, ...]] = {}
         """Services whose ingress this process set, and to what."""
         self._sent: dict[Key, tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -417,8 +426,8 @@ class StatusWriter:
                     done.append(change)
         except Unreachable as err:
             # the rest would wait out the same timeout one by one; the next pass retries
-            self.stats.failures += 1
-            self.stats.last_error = str(err)
+            self.results.labels(result="failed").inc()
+            self.last_error = str(err)
             log.warning("ingress: API server unreachable (%s); trying again later", err)
         return done
 
@@ -431,20 +440,20 @@ class StatusWriter:
         except ApiError as err:
             if err.status in (409, 422) and change.conditional:
                 # the test op failed: someone changed the ingress; theirs now
-                self.stats.conflicts += 1
+                self.results.labels(result="conflict").inc()
                 self._written.pop(change.service, None)
                 return False
             if err.status == 404:
                 return False  # deleted meanwhile
-            self.stats.failures += 1
-            self.stats.last_error = str(err)
+            self.results.labels(result="failed").inc()
+            self.last_error = str(err)
             level = logging.ERROR if err.status == 403 else logging.WARNING
             hint = (
                 ' (RBAC must allow verb "patch" on "services/status")' if err.status == 403 else ""
             )
             log.log(level, "ingress of Service %s/%s: %s%s", namespace, name, err, hint)
             return False
-        self.stats.patches += 1
+        self.results.labels(result="ok").inc()
         self._sent[change.service] = (change.ingress, change.current)
         if change.ingress:
             self._written[change.service] = change.ingress
@@ -456,7 +465,7 @@ class StatusWriter:
 
 
 class WriteBack:
-    """Runs the StatusWriter and the EventRecorder off the reconcile loop's thread.
+    """Runs the IngressWriter and the EventRecorder off the reconcile loop's thread.
 
     ``submit`` is the ``Agent(after_reconcile=...)`` hook: it stores the latest snapshot
     and state and wakes the worker.  The worker also wakes every ``resync_seconds``,
@@ -466,13 +475,13 @@ class WriteBack:
     def __init__(
         self,
         *,
-        status: StatusWriter | None,
+        ingress: IngressWriter | None,
         events: EventRecorder | None,
         held_vips: Callable[[], set[IPAddress] | None],
         node_name: str,
         resync_seconds: float = 5.0,
     ) -> None:
-        self.status = status
+        self.ingress = ingress
         self.events = events
         self.held_vips = held_vips
         self.node_name = node_name
@@ -495,13 +504,13 @@ class WriteBack:
         if latest is None:
             return
         snapshot, state = latest
-        if self.status is not None:
+        if self.ingress is not None:
             try:
                 held = self.held_vips()
             except Exception as err:  # pyroute2's NetlinkError is not an OSError
                 log.warning("cannot read the VIPs this node holds (%s); using priorities", err)
                 held = None
-            self.status.sync(snapshot=snapshot, state=state, held_vips=held)
+            self.ingress.sync(snapshot=snapshot, state=state, held_vips=held)
         # every pass, not only after a reconcile: what the rate limit held back goes now
         if self.events is not None and event_reporter(state.nodes, self.node_name):
             self.events.record(state.rejections, snapshot)

@@ -1,6 +1,7 @@
 """Smoke proof that keepalived programs ``virtual_server`` blocks into a real IPVS table.
 
-Runs keepalived inside the qemu guest of ``tests/support/ipvs_guest.py`` (the host kernel has no IPVS).
+Runs keepalived inside the qemu guest of ``tests/support/ipvs_guest.py`` (the host kernel
+has no IPVS).
 Skipped unless ``scripts/build-ipvs-guest`` has built the cache. The configs have no health
 checks: nothing answers inside the guest, so a checked real server would be removed.
 Only documentation addresses: VIPs 192.0.2.x, real servers 203.0.113.x, a foreign

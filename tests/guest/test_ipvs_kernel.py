@@ -3,10 +3,10 @@
 Each cluster goes through the whole pipeline (objects -> ``translate`` -> ``render``), the
 rendered keepalived.conf runs under keepalived in the qemu guest of ``tests/support/ipvs_guest.py``
 (Debian's 6.1 kernel with IPVS; the host has none) and the guest's ``ipvsadm -Sn`` is compared,
-as a set of lines, with ``tests/support/ipvs_oracle.py``: an oracle computed from the ``DesiredState``
-values, never from the rendered text. Equality proves that every virtual server and real server
-the agent decided on reached the kernel with the right protocol, addresses, ports, forwarding
-method, scheduler and persistence, and that nothing else did.
+as a set of lines, with ``tests/support/ipvs_oracle.py``: an oracle computed from the
+``DesiredState`` values, never from the rendered text. Equality proves that every virtual
+server and real server the agent decided on reached the kernel with the right protocol,
+addresses, ports, forwarding method, scheduler and persistence, and that nothing else did.
 
 Two guest boots, run side by side on two workers (about 4 s and 6 s alone, 5.5 s and 7-8 s
 together; the module takes 8-9 s):

@@ -17,7 +17,7 @@ from agent.core.translate import ANNOTATION_LB_IPS
 from agent.reconcile import Agent
 from agent.sources.kube import KubeApi
 from agent.validate import CheckResult
-from agent.writeback import EventRecorder, StatusWriter, WriteBack, current_ingress
+from agent.writeback import EventRecorder, IngressWriter, WriteBack, current_ingress
 from tests.support.cluster import Cluster, Scene, eventually, source_for
 
 
@@ -37,7 +37,7 @@ def test_agent_follows_the_cluster_and_writes_back(cluster: Cluster, tmp_path: P
     source = source_for(cluster.apiserver, (ns, "vip-configmap"))
     api = KubeApi(cluster.apiserver.api_client())
     writeback = WriteBack(
-        status=StatusWriter(api=api, node_name=scene.me),
+        ingress=IngressWriter(api=api, node_name=scene.me),
         events=EventRecorder(api=api, node_name=scene.me),
         held_vips=lambda: {ip_address("192.0.2.81")},
         node_name=scene.me,

@@ -24,10 +24,11 @@ from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.settings import Settings
 from agent.sources.kube import ENDPOINTS, ApiError, KubeApi
-from agent.writeback import EventRecorder, StatusWriter
+from agent.writeback import EventRecorder, IngressWriter
 from labkit import objects
 from labkit.apiserver import AGENT_SA_USER, LIMITED_SA_USER
 from tests.support.cluster import Cluster, eventually, rbac_documents, running, source_for
+from tests.support.samples import results
 
 CM = ("kube-system", "vip-configmap")
 
@@ -108,19 +109,19 @@ def test_rbac_yaml_is_enough_for_the_agent(
             nodes_known=False,
         )
         state = translate(static, settings, node_name="node-a", interface="eth0")
-        writer = StatusWriter(api=api, node_name="node-a")
+        writer = IngressWriter(api=api, node_name="node-a")
         ip = ip_address("192.0.2.60")
         done = writer.sync(snapshot=static, state=state, held_vips={ip})
         assert [c.service for c in done] == [(ns, "lb")]
-        assert writer.stats.failures == 0
+        assert results(writer, "failed") == 0
         ingress = cluster.read("Service", ns, "lb")["status"]["loadBalancer"]["ingress"]
         assert ingress == [{"ip": "192.0.2.60"}]
         events = EventRecorder(api=api, node_name="node-a")
         events.record(state.rejections, static)
-        assert events.stats.created == 1 and events.stats.failed == 0
+        assert results(events, "created") == 1 and results(events, "failed") == 0
         events.record([], static)
         events.record(state.rejections, static)  # came back: count patched
-        assert events.stats.patched == 1 and events.stats.failed == 0
+        assert results(events, "patched") == 1 and results(events, "failed") == 0
 
 
 def test_rbac_yaml_allows_nothing_more(cluster: Cluster, agent_rbac: None) -> None:
@@ -216,15 +217,15 @@ def test_missing_status_patch_fails_loudly(
     settings = Settings()
     state = translate(snapshot, settings, node_name="node-a", interface="eth0")
     api = KubeApi(apiserver.api_client(apiserver.token_for(LIMITED_SA_USER)))
-    writer = StatusWriter(api=api, node_name="node-a")
+    writer = IngressWriter(api=api, node_name="node-a")
 
     def attempt() -> bool:
         writer.sync(snapshot=snapshot, state=state, held_vips=None)
-        return writer.stats.failures > 0
+        return results(writer, "failed") > 0
 
     with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
         eventually(attempt, what="patch refused", timeout=20)
-    assert "403" in (writer.stats.last_error or "")
+    assert "403" in (writer.last_error or "")
     assert any(
         'RBAC must allow verb "patch" on "services/status"' in r.getMessage()
         for r in caplog.records
@@ -234,6 +235,6 @@ def test_missing_status_patch_fails_loudly(
     rejection = Rejection("Service", f"{ns}/lb", "spec.loadBalancerIP", "test", Reason.BAD_ADDRESS)
     with caplog.at_level(logging.ERROR, logger="vip-agent.writeback"):
         events.record([rejection], snapshot)
-    assert events.stats.created == 1  # events are still allowed
+    assert results(events, "created") == 1  # events are still allowed
     body = json.dumps(cluster.read("Service", ns, "lb").get("status"))
     assert "192.0.2.62" not in body

@@ -1,7 +1,7 @@
 """Write-back against a real kube-apiserver 1.20: LoadBalancer ingress and Events.
 
 Two agents (nodes A and B of one test's labelled Nodes) share one KubeSource here: they
-see the same cluster, and each has its own StatusWriter and translate output, which is
+see the same cluster, and each has its own IngressWriter and translate output, which is
 what separate agents would have.
 """
 
@@ -15,12 +15,13 @@ from agent.core.translate import ANNOTATION_LB_IPS
 from agent.sources.kube import KubeApi, KubeSource
 from agent.writeback import (
     EventRecorder,
-    StatusWriter,
+    IngressWriter,
     WriteBack,
     current_ingress,
     rendezvous_winner,
 )
 from tests.support.cluster import Cluster, Scene, eventually, running, source_for
+from tests.support.samples import results
 
 VIP = "192.0.2.70"
 
@@ -51,7 +52,9 @@ def seen_ingress(source: KubeSource, scene: Scene) -> tuple[str, ...]:
     return current_ingress(source.snapshot().services[(scene.ns, "lb")])
 
 
-def sync(writer: StatusWriter, source: KubeSource, scene: Scene, node: str, held: Any) -> list[Any]:
+def sync(
+    writer: IngressWriter, source: KubeSource, scene: Scene, node: str, held: Any
+) -> list[Any]:
     return writer.sync(
         snapshot=source.snapshot(),
         state=scene.state(source, node),
@@ -63,8 +66,8 @@ def test_the_holder_writes_once_and_failover_causes_no_churn(cluster: Cluster) -
     scene = lb_scene(cluster)
     a, b = scene.me, f"{scene.ns}-b"
     api = KubeApi(cluster.apiserver.api_client())
-    writer_a = StatusWriter(api=api, node_name=a)
-    writer_b = StatusWriter(api=api, node_name=b)
+    writer_a = IngressWriter(api=api, node_name=a)
+    writer_b = IngressWriter(api=api, node_name=b)
     vip = ip_address(VIP)
     source = source_for(cluster.apiserver, (scene.ns, "vip-configmap"))
     with running(source):
@@ -81,7 +84,7 @@ def test_the_holder_writes_once_and_failover_causes_no_churn(cluster: Cluster) -
         # failover: B holds the VIP now; the ingress is already right
         assert sync(writer_b, source, scene, b, {vip}) == []
         assert sync(writer_a, source, scene, a, set()) == []
-        assert writer_a.stats.patches == 1 and writer_b.stats.patches == 0
+        assert results(writer_a, "ok") == 1 and results(writer_b, "ok") == 0
         rv = cluster.read("Service", scene.ns, "lb")["metadata"]["resourceVersion"]
         assert source.snapshot().services[(scene.ns, "lb")]["metadata"]["resourceVersion"] == rv
 
@@ -90,7 +93,7 @@ def test_without_vrrp_facts_exactly_one_node_writes(cluster: Cluster) -> None:
     scene = lb_scene(cluster)
     nodes = [scene.me, f"{scene.ns}-b"]
     api = KubeApi(cluster.apiserver.api_client())
-    writers = {n: StatusWriter(api=api, node_name=n) for n in nodes}
+    writers = {n: IngressWriter(api=api, node_name=n) for n in nodes}
     source = source_for(cluster.apiserver, (scene.ns, "vip-configmap"))
     with running(source):
         eventually(lambda: (scene.ns, "lb") in source.snapshot().services, what="service seen")
@@ -107,7 +110,7 @@ def test_ingress_follows_the_vip_and_is_cleared_when_it_goes(cluster: Cluster) -
     scene = lb_scene(cluster)
     ns, a = scene.ns, scene.me
     api = KubeApi(cluster.apiserver.api_client())
-    writer = StatusWriter(api=api, node_name=a)
+    writer = IngressWriter(api=api, node_name=a)
     source = source_for(cluster.apiserver, (ns, "vip-configmap"))
     with running(source):
         eventually(lambda: (ns, "lb") in source.snapshot().services, what="service seen")
@@ -147,11 +150,11 @@ def test_ingress_follows_the_vip_and_is_cleared_when_it_goes(cluster: Cluster) -
             ),
             what="rejected VIP seen",
         )
-        writers = {n: StatusWriter(api=api, node_name=n) for n in (a, f"{ns}-b")}
+        writers = {n: IngressWriter(api=api, node_name=n) for n in (a, f"{ns}-b")}
         for node, w in writers.items():
             sync(w, source, scene, node, set())
         assert ingress(cluster, scene) == ()
-        assert sum(w.stats.patches for w in writers.values()) == 1
+        assert sum(results(w, "ok") for w in writers.values()) == 1
 
 
 def test_an_ingress_this_agent_did_not_write_is_left_alone(cluster: Cluster) -> None:
@@ -162,7 +165,7 @@ def test_an_ingress_this_agent_did_not_write_is_left_alone(cluster: Cluster) -> 
         ns, "other", {"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.99"}]}}}
     )
     api = KubeApi(cluster.apiserver.api_client())
-    writer = StatusWriter(api=api, node_name=scene.me)
+    writer = IngressWriter(api=api, node_name=scene.me)
     source = source_for(cluster.apiserver, (ns, "vip-configmap"))
     with running(source):
         eventually(lambda: (ns, "other") in source.snapshot().services, what="service seen")
@@ -249,8 +252,8 @@ def test_events_are_rate_limited(cluster: Cluster) -> None:
             counts.append(len(events_of(cluster, ns)))
             clock.now += 60
         assert counts == [5, 10, 12, 12]
-        assert recorder.stats.created == 12
-        assert recorder.stats.limited > 0
+        assert results(recorder, "created") == 12
+        assert results(recorder, "limited") > 0
 
 
 def test_writeback_worker_from_the_agent_hook(cluster: Cluster) -> None:
@@ -261,7 +264,7 @@ def test_writeback_worker_from_the_agent_hook(cluster: Cluster) -> None:
     with running(source):
         eventually(lambda: (scene.ns, "lb") in source.snapshot().services, what="service seen")
         worker = WriteBack(
-            status=StatusWriter(api=api, node_name=scene.me),
+            ingress=IngressWriter(api=api, node_name=scene.me),
             events=EventRecorder(api=api, node_name=scene.me),
             held_vips=lambda: {ip_address(VIP)},
             node_name=scene.me,

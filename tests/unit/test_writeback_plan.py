@@ -16,7 +16,7 @@ from agent.settings import Settings
 from agent.sources.kube import KubeApi
 from agent.writeback import (
     EventRecorder,
-    StatusWriter,
+    IngressWriter,
     TokenBucket,
     event_reason,
     event_reporter,
@@ -24,6 +24,7 @@ from agent.writeback import (
     rendezvous_winner,
 )
 from labkit import objects
+from tests.support.samples import results
 
 SETTINGS = Settings(spread=True)
 NODES = ("node-a", "node-b", "node-c")
@@ -161,13 +162,13 @@ def unreachable_api() -> KubeApi:
 def test_an_unreachable_server_ends_the_pass_after_one_try() -> None:
     snap = snapshot(lb("a", "192.0.2.5"), lb("b", "192.0.2.6"), nodes=("node-a",))
     state = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
-    writer = StatusWriter(api=unreachable_api(), node_name="node-a")
+    writer = IngressWriter(api=unreachable_api(), node_name="node-a")
     assert writer.sync(snapshot=snap, state=state, held_vips=None) == []
-    assert writer.stats.failures == 1 and writer.stats.patches == 0
+    assert results(writer, "failed") == 1 and results(writer, "ok") == 0
     recorder = EventRecorder(api=unreachable_api(), node_name="node-a")
     rejections = [
         Rejection("Service", "default/a", "x", "one", Reason.BAD_ENTRY),
         Rejection("Service", "default/b", "x", "two", Reason.BAD_ENTRY),
     ]
     recorder.record(rejections, snap)
-    assert recorder.stats.failed == 1 and recorder.stats.created == 0
+    assert results(recorder, "failed") == 1 and results(recorder, "created") == 0
