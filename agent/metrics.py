@@ -16,7 +16,9 @@ The HTTP side (stdlib ``http.server`` in a daemon thread):
 * ``/metrics``: the registry in the text exposition format.
 * ``/healthz`` (liveness): the agent's loop went round recently.  A stuck loop is the
   one failure a restart fixes; an apiserver outage or a rejected file is not.
-* ``/readyz`` (readiness): the last apply succeeded and the daemons it runs are up.
+* ``/readyz`` (readiness): the last apply succeeded, the daemons it runs are up, and the
+  cluster source reads without error (an agent rendering from stale objects because the
+  API server refuses or cannot be reached is not ready, though it keeps serving).
 """
 
 from __future__ import annotations
@@ -176,6 +178,12 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.source_healthy = Gauge(
+            "vip_agent_source_healthy",
+            "1 when the cluster source (the API watches or the manifest files) reads without "
+            "error; 0 while it fails and the last good objects are rendered.",
+            registry=r,
+        )
         self.last_apply = Gauge(
             "vip_agent_last_apply_success_timestamp_seconds",
             "Unix time of the last reconcile whose files passed validation.",
@@ -254,6 +262,10 @@ class Metrics:
             self.apiserver_healthy = healthy
             self._changed()
 
+    def source_error(self, error: str | None) -> None:
+        """What the cluster source says after a pass: None when it reads fine."""
+        self.source_healthy.set(0 if error else 1)
+
     def watch_restarted(self, resource: str) -> None:
         """A kube watch for ``resource`` (plural, lower case) had to start over."""
         self.watch_restarts.labels(resource=resource if resource in RESOURCES else "other").inc()
@@ -324,8 +336,10 @@ def liveness(
 def readiness(
     last_apply_ok: Callable[[], bool | None],
     daemons_running: Callable[[], Mapping[str, bool]],
+    source_error: Callable[[], str | None] = lambda: None,
 ) -> Check:
-    """Ready when the last apply passed validation and every daemon we run is up."""
+    """Ready when the last apply passed validation, every daemon we run is up and the
+    cluster source reads without error."""
 
     def check() -> tuple[bool, str]:
         ok = last_apply_ok()
@@ -336,6 +350,9 @@ def readiness(
         down = sorted(name for name, up in daemons_running().items() if not up)
         if down:
             return False, "not running: " + ", ".join(down)
+        error = source_error()
+        if error:
+            return False, f"cluster source failing, rendering the last good objects: {error}"
         return True, "ok"
 
     return check

@@ -54,6 +54,7 @@ def build(
     vrrp: Mapping[str, InstanceState],
     mismatches: list[Mismatch],
     apiserver_healthy: bool | None,
+    source_error: str | None = None,
     daemons_running: Mapping[str, bool],
     metrics_port: int | None,
     redact: Callable[[str], str],
@@ -103,6 +104,7 @@ def build(
             "error": redact(status.last_error) if status.last_error else None,
         },
         "apiserver_healthy": apiserver_healthy,
+        "source_error": redact(source_error) if source_error else None,
         "daemon_status": {
             name: {
                 "running": running,
@@ -282,6 +284,8 @@ def _header(document: Mapping[str, Any], now: float) -> list[str]:
         document.get("apiserver_healthy")
     ]
     lines.append(f"apiserver: {health}")
+    source = document.get("source_error")
+    lines.append(f"cluster source: FAILING ({source})" if source else "cluster source: ok")
     for name, daemon in sorted((document.get("daemon_status") or {}).items()):
         lines.append(f"{name}: {'running' if daemon.get('running') else 'not running'}")
     held = document.get("held_vips")

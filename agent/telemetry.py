@@ -66,6 +66,8 @@ class _Fanout:
 
     def reconciled(self, seconds: float, ok: bool) -> None:
         self.t.metrics.reconciled(seconds, ok)
+        # a source's error changes notify the loop, so every change ends in a pass
+        self.t.metrics.source_error(self.t.source_error())
         self.t.writer.reconciled(seconds, ok)
         if not self.t.notified_ready:
             self.t.notified_ready = True
@@ -141,7 +143,9 @@ class Telemetry:
                 healthz=liveness(
                     lambda: agent.status.heartbeat, clock=agent.clock, started=started
                 ),
-                readyz=readiness(lambda: agent.status.last_apply_ok, self._daemons_running),
+                readyz=readiness(
+                    lambda: agent.status.last_apply_ok, self._daemons_running, self.source_error
+                ),
             )
         except OSError as err:
             self.monitor.stop()
@@ -180,6 +184,10 @@ class Telemetry:
         self.metrics.mismatches_changed(found)
         self.writer.write_now()
 
+    def source_error(self) -> str | None:
+        """What the cluster source says is wrong now (None: fine, or not started)."""
+        return self.agent.source.error if self.agent is not None else None
+
     def _daemons(self) -> Mapping[str, Daemon]:
         if self.agent is None or self.settings.daemons == "none":
             return {}  # nothing runs: readiness is about the files alone
@@ -200,6 +208,7 @@ class Telemetry:
             vrrp=self.states.snapshot(),
             mismatches=self.monitor.mismatches,
             apiserver_healthy=self.metrics.apiserver_healthy,
+            source_error=self.source_error(),
             daemons_running=self._daemons_running(),
             metrics_port=self.server.port if self.server else None,
             redact=self.redact,

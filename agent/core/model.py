@@ -65,10 +65,6 @@ class VirtualServer:
     service: str
     """``namespace/name:port-name`` of the Service, for the comment in the file."""
 
-    @property
-    def sort_key(self) -> tuple[int, int, str, int]:
-        return (self.vip.version, int(self.vip), self.protocol.value, self.port)
-
 
 @dataclass(frozen=True)
 class ProxyServer:

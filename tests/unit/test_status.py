@@ -98,6 +98,44 @@ def test_human_summary_with_live_addresses() -> None:
     assert "apiserver: healthy" in text
     assert "last apply: FAILED" in text and SECRET not in text
     assert "[bad_address] ConfigMap kube-system/vip-configmap key '192.0.2.300'" in text
+    assert "cluster source: ok" in text
+
+
+def test_a_failing_source_reaches_status_readiness_and_metrics() -> None:
+    """The source's error (API unreachable, RBAC, a broken manifest) is not only logged."""
+    error = f"API server unreachable (list services): token {SECRET}xx refused"
+    doc = status_mod.build(
+        identity=status_mod.Identity(
+            node="n1", interface="eth0", daemons="none", version="1", pid=os.getpid()
+        ),
+        status=agent_status(),
+        vrrp={},
+        mismatches=[],
+        apiserver_healthy=None,
+        source_error=error,
+        daemons_running={},
+        metrics_port=None,
+        redact=redactor([SECRET]),
+        wall=1005.0,
+    )
+    assert (
+        doc["source_error"] == "API server unreachable (list services): token <redacted>xx refused"
+    )
+    text = status_mod.human(doc, now=1010.0)
+    assert "cluster source: FAILING (API server unreachable (list services)" in text
+    assert SECRET not in text
+    failing: list[str | None] = [error]
+    ready = readiness(lambda: True, lambda: {}, lambda: failing[0])
+    ok, why = ready()
+    assert not ok and "cluster source failing" in why
+    failing[0] = None
+    assert ready() == (True, "ok")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, version="1")
+    metrics.source_error(error)
+    assert registry.get_sample_value("vip_agent_source_healthy") == 0
+    metrics.source_error(None)
+    assert registry.get_sample_value("vip_agent_source_healthy") == 1
 
 
 def run_status(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
