@@ -102,6 +102,22 @@ class Settings:
         default="node-role.kubernetes.io/control-plane",
         metadata=_doc("Label selector for nodes that may hold the control-plane VIP."),
     )
+    pool_configmap: str = field(
+        default="kube-system/kubevip",
+        metadata=_doc(
+            "NAMESPACE/NAME of the address-pool ConfigMap (kube-vip-cloud-provider's format: "
+            "cidr-global, range-global, cidr-<namespace>, range-<namespace>). When it exists, "
+            "Services may only claim addresses in their namespace's pools."
+        ),
+    )
+    allocation: bool = field(
+        default=True,
+        metadata=_doc(
+            "Give LoadBalancer Services that ask for no address the lowest free address of "
+            "their pools (one agent at a time, through a Lease). Off: leave that to "
+            "kube-vip-cloud-provider."
+        ),
+    )
     templates: str | None = field(
         default=None,
         metadata=_doc("Directory with your own copies of keepalived.conf.j2 / haproxy.cfg.j2."),
@@ -339,6 +355,11 @@ class Settings:
         namespace, _, name = self.configmap.partition("/")
         return namespace, name
 
+    @property
+    def pool_configmap_ref(self) -> tuple[str, str]:
+        namespace, _, name = self.pool_configmap.partition("/")
+        return namespace, name
+
     @functools.cached_property
     def hashed_vrids(self) -> tuple[int, ...]:
         """The ids per-VIP instances are hashed into: the range less the two fixed ids."""
@@ -390,9 +411,10 @@ def _validate(s: Settings) -> None:
     for ifname in s.track_interfaces:
         if not IFNAME.match(ifname):
             _fail("track_interfaces", ifname, "not a Linux interface name")
-    namespace, _, name = s.configmap.partition("/")
-    if not (DNS_LABEL.match(namespace) and DNS_SUBDOMAIN.match(name)):
-        _fail("configmap", s.configmap, "expected NAMESPACE/NAME")
+    for ref_name in ("configmap", "pool_configmap"):
+        namespace, _, name = getattr(s, ref_name).partition("/")
+        if not (DNS_LABEL.match(namespace) and DNS_SUBDOMAIN.match(name)):
+            _fail(ref_name, getattr(s, ref_name), "expected NAMESPACE/NAME")
     low, sep, high = s.virtual_router_id_range.partition("-")
     if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) < int(high) <= 255):
         _fail("virtual_router_id_range", s.virtual_router_id_range, "expected LOW-HIGH in 1-255")

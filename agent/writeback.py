@@ -127,8 +127,9 @@ def plan_ingress(
         service = snapshot.services.get(asked.service)
         if service is None:
             continue
+        # only what translate admitted for this Service: never another Service's VIP
         desired = sorted(
-            (v for v in asked.requested if v in served), key=lambda v: (v.version, int(v))
+            (v for v in asked.accepted if v in served), key=lambda v: (v.version, int(v))
         )
         current = current_ingress(service)
         if desired:

@@ -159,6 +159,18 @@ class Reason(enum.Enum):
     BAD_PORT = "bad_port"
     BAD_NAME = "bad_name"
     BAD_ENTRY = "bad_entry"
+    FORBIDDEN_ADDRESS = "forbidden_address"
+    """Reserved forms, a Node's address, this node's own network: never a VIP."""
+    BAD_ENDPOINT = "bad_endpoint"
+    """An endpoint that may not be a real server (loopback, ..., or itself a VIP)."""
+    VIP_OWNED = "vip_owned"
+    """Another Service (or the vip-configmap) owns the VIP and does not share it."""
+    NOT_IN_POOL = "not_in_pool"
+    """A pool ConfigMap exists and the address is in no pool of the Service's namespace."""
+    BAD_POOL = "bad_pool"
+    """A pool ConfigMap entry that is neither a CIDR nor a first-last range."""
+    POOL_EXHAUSTED = "pool_exhausted"
+    """No free address to allocate in the pools of the Service's namespace."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +202,20 @@ class ServiceVips:
     service: tuple[str, str]
     """(namespace, name)."""
     requested: tuple[IPAddress, ...]
+    accepted: tuple[IPAddress, ...] = ()
+    """Those it owns or shares (the rest were refused: forbidden, outside its pools,
+    another Service's); only these may appear in its ingress."""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Addresses to write onto a LoadBalancer Service that asks for none."""
+
+    service: tuple[str, str]
+    addresses: tuple[IPAddress, ...]
+    """One per family, in the order of the Service's ipFamilies."""
+    resource_version: str | None
+    """Of the Service as translate saw it: the write is conditional on it."""
 
 
 @dataclass(frozen=True)
@@ -219,3 +245,5 @@ class DesiredState:
     service_vips: tuple[ServiceVips, ...] = ()
     """What each LoadBalancer Service asks for, sorted by Service (write-back's input)."""
     nodes: NodeSet = NodeSet(known=False, all=(), eligible=())
+    allocations: tuple[Allocation, ...] = ()
+    """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""

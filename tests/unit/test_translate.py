@@ -304,8 +304,29 @@ def test_port_collisions_and_control_plane_vip_reuse_are_rejected() -> None:
     state = run(objs, control_plane_vip="192.0.2.10")
     found = reasons(state)
     assert any("is the control-plane VIP" in r for r in found)
-    assert any("TCP/80 already used" in r for r in found)
+    # the vip-configmap owns 192.0.2.50: the Service asking for it is refused outright
+    assert any("192.0.2.50 belongs to ConfigMap kube-system/vip-configmap" in r for r in found)
     assert len([vs for vs in state.virtual_servers if vs.port == 80]) == 1
+    # Services sharing a VIP on purpose still may not take each other's port
+    shared = {"vip-agent.io/allow-shared-ip": "team", "vip-agent.io/method": "NAT"}
+    objs += [
+        service(
+            "a",
+            [port("http", 80, 8080)],
+            annotations={**shared},
+            type="LoadBalancer",
+            loadBalancerIP="192.0.2.51",
+        ),
+        service(
+            "b",
+            [port("http", 80, 8080)],
+            annotations={**shared},
+            type="LoadBalancer",
+            loadBalancerIP="192.0.2.51",
+        ),
+    ]
+    found = reasons(run(objs, control_plane_vip="192.0.2.10"))
+    assert any("192.0.2.51 TCP/80 already used; default/b:http skipped" in r for r in found)
 
 
 def test_node_not_in_cluster_holds_nothing() -> None:
@@ -371,7 +392,7 @@ def test_memoized_translation_equals_a_fresh_one_as_objects_change() -> None:
         warm = translate(snapshot, settings, node_name=node_name, interface="eth0", memo=memo)
         assert len(memo) > 0, "the warm translation keeps its plans in the caller's memo"
         assert warm == fresh(snapshot, settings, node_name)
-        collided.append(any("already used" in r for r in reasons(warm)))
+        collided.append(any("belongs to ConfigMap" in r for r in reasons(warm)))
     # the steps exercise what they claim: the slot is contested only while the
     # vip-configmap also asks for 192.0.2.60
     assert collided == [True, False, True, True, False]

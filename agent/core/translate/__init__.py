@@ -56,9 +56,20 @@ from __future__ import annotations
 
 import ipaddress
 
-from agent.core.model import DesiredState, IPAddress, NodeSet, Protocol, Reason
+from agent.core.addresses import Forbidden, HostFacts
+from agent.core.model import (
+    Allocation,
+    DesiredState,
+    IPAddress,
+    NodeSet,
+    Protocol,
+    Reason,
+    ServiceVips,
+)
+from agent.core.pools import Pools, parse_pools
 from agent.core.snapshot import Snapshot
-from agent.core.translate.common import Rejections
+from agent.core.translate.allocation import allocate
+from agent.core.translate.common import Rejections, as_mapping
 from agent.core.translate.control_plane import HEALTH_TRACK, HEALTH_WEIGHT, control_plane
 from agent.core.translate.forwarding import (
     ANNOTATION_SCHEDULER,
@@ -67,11 +78,14 @@ from agent.core.translate.forwarding import (
     Slot,
     forward,
 )
-from agent.core.translate.nodes import NodeView, node_view
+from agent.core.translate.nodes import NodeView, every_node_address, node_view
+from agent.core.translate.ownership import Ownership
 from agent.core.translate.requests import (
     ANNOTATION_LB_IPS,
     ANNOTATION_METHOD,
-    VipRequest,
+    ANNOTATION_SHARED,
+    ANNOTATION_SHARED_METALLB,
+    LOAD_BALANCER_CLASS,
     configmap_requests,
     parse_configmap_key,
     service_requests,
@@ -83,9 +97,13 @@ __all__ = [
     "ANNOTATION_LB_IPS",
     "ANNOTATION_METHOD",
     "ANNOTATION_SCHEDULER",
+    "ANNOTATION_SHARED",
+    "ANNOTATION_SHARED_METALLB",
     "HEALTH_TRACK",
     "HEALTH_WEIGHT",
+    "LOAD_BALANCER_CLASS",
     "LOCAL_PENALTY",
+    "HostFacts",
     "PlanMemo",
     "parse_configmap_key",
     "priority_for",
@@ -101,42 +119,63 @@ def translate(
     node_name: str,
     interface: str,
     memo: PlanMemo | None = None,
+    host: HostFacts | None = None,
 ) -> DesiredState:
     """Everything this node should run, plus every input that was rejected and why.
 
     ``memo`` carries forwarding plans from one translation to the next (a live agent
     keeps one); without it the translation starts cold.  The result is the same.
+    ``host`` is this node's own network (interface addresses, subnets, gateways), which
+    no VIP may take; a dry run has none.
     """
     memo = PlanMemo() if memo is None else memo
     memo.turn()
     rej = Rejections()
     nodes = node_view(snapshot, settings, node_name=node_name, rej=rej)
-    cp_vip = (
-        ipaddress.ip_address(settings.control_plane_vip) if settings.control_plane_vip else None
-    )
-    lb_requests, service_vips = service_requests(snapshot, rej)
-    requests = configmap_requests(snapshot, settings, rej) + lb_requests
-    claims = _Claims(cp_vip, settings.control_plane_port)
-    for request in requests:
-        if claims.admit(request, rej) and request.method is not None:
+    forbidden = Forbidden(node_addresses=every_node_address(snapshot), host=host or HostFacts())
+    cp_vip = _control_plane_vip(settings, forbidden, rej)
+    pools = read_pools(snapshot, settings, rej)
+    asks = service_requests(snapshot, rej)
+    cm_requests = configmap_requests(snapshot, settings, rej)
+    ownership = Ownership(control_plane_vip=cp_vip, forbidden=forbidden, pools=pools)
+    admitted = [r for r in (*cm_requests, *asks.requests) if ownership.admit(r, rej)]
+    forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
+    taken: set[Slot] = set()
+    if cp_vip is not None:
+        taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port))
+    vips = ownership.vips
+    for request in admitted:
+        if request.method is not None:
             forward(
                 request,
                 snapshot=snapshot,
                 settings=settings,
                 node_name=node_name,
                 memo=memo,
-                taken=claims.taken,
-                out=claims.forwarding,
+                vips=vips,
+                taken=taken,
+                out=forwarding,
                 rej=rej,
             )
+    allocations: tuple[Allocation, ...] = ()
+    if pools is not None and settings.allocation:
+        used = {a for asked in asks.asked for a in asked.requested}
+        used |= {r.vip for r in cm_requests} | ({cp_vip} if cp_vip is not None else set())
+        allocations = allocate(
+            asks.unaddressed,
+            snapshot=snapshot,
+            pools=pools,
+            forbidden=forbidden,
+            taken=used,
+            rej=rej,
+        )
     cp = None
     if cp_vip is not None and nodes.serves_control_plane:
         cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
     instances = [cp.instance] if cp is not None else []
-    forwarding = claims.forwarding
     if nodes.serves_services:
         instances += service_instances(
-            claims.owners,
+            ownership.owners,
             local_vips=forwarding.local_vips,
             settings=settings,
             interface=interface,
@@ -158,36 +197,54 @@ def translate(
         haproxy_hard_stop_after_s=settings.haproxy_hard_stop_after,
         notify_fifo=settings.vrrp_notify_fifo,
         rejections=tuple(rej.items),
-        service_vips=service_vips,
+        service_vips=_accepted(asks.asked, ownership),
         nodes=_nodes(nodes),
+        allocations=allocations,
     )
 
 
-class _Claims:
-    """Which requests are admitted as VIPs, who owns each, which slots are taken."""
+def _control_plane_vip(
+    settings: Settings, forbidden: Forbidden, rej: Rejections
+) -> IPAddress | None:
+    """The control-plane VIP of settings, unless it is a Node's or this node's address
+    (reserved forms are refused when settings load)."""
+    if not settings.control_plane_vip:
+        return None
+    vip = ipaddress.ip_address(settings.control_plane_vip)
+    why = forbidden.reason(vip)
+    if why is None:
+        return vip
+    rej.add(
+        Reason.FORBIDDEN_ADDRESS,
+        kind="Settings",
+        obj="control_plane_vip",
+        key="",
+        reason=f"{vip} {why}; never a VIP",
+    )
+    return None
 
-    def __init__(self, cp_vip: IPAddress | None, cp_port: int) -> None:
-        self.cp_vip = cp_vip
-        self.owners: dict[IPAddress, list[str]] = {}
-        self.forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
-        self.taken: set[Slot] = set()
-        if cp_vip is not None:
-            self.taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, cp_port))
 
-    def admit(self, request: VipRequest, rej: Rejections) -> bool:
-        where = {"kind": request.kind, "obj": request.obj, "key": request.key}
-        if request.vip == self.cp_vip:
-            rej.add(Reason.CONTROL_PLANE_VIP, **where, reason="is the control-plane VIP")
-            return False
-        vip = request.vip
-        if vip.is_loopback or vip.is_multicast or vip.is_unspecified:
-            rej.add(Reason.BAD_ADDRESS, **where, reason="not a usable VIP")
-            return False
-        owner = f"{request.kind} {request.obj}"
-        owners = self.owners.setdefault(vip, [])
-        if owner not in owners:
-            owners.append(owner)
-        return True
+def read_pools(snapshot: Snapshot, settings: Settings, rej: Rejections) -> Pools | None:
+    """The pool ConfigMap, if it exists (without one, Services are not held to pools)."""
+    namespace, name = settings.pool_configmap_ref
+    cm = snapshot.configmaps.get((namespace, name))
+    if cm is None:
+        return None
+    ref = f"{namespace}/{name}"
+    pools, problems = parse_pools(ref, as_mapping(cm.get("data")))
+    for key, why in problems:
+        rej.add(Reason.BAD_POOL, kind="ConfigMap", obj=ref, key=key, reason=why)
+    return pools
+
+
+def _accepted(asked: tuple[ServiceVips, ...], ownership: Ownership) -> tuple[ServiceVips, ...]:
+    """Each Service's requested VIPs, and those it was admitted to (owner or sharer)."""
+    out = []
+    for item in asked:
+        who = f"Service {'/'.join(item.service)}"
+        accepted = tuple(v for v in item.requested if who in ownership.owners.get(v, ()))
+        out.append(ServiceVips(service=item.service, requested=item.requested, accepted=accepted))
+    return tuple(out)
 
 
 def _nodes(nodes: NodeView) -> NodeSet:

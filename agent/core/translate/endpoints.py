@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core import grammar
+from agent.core.addresses import endpoint_reason
 from agent.core.model import IPAddress, Protocol, Reason
 from agent.core.snapshot import Key, Obj, Snapshot
 from agent.core.translate.common import Rejections, as_list, as_mapping, as_str, meta_of
@@ -218,12 +219,19 @@ def endpoint_objects(snapshot: Snapshot, service: Key) -> tuple[bool, tuple[Obj,
 
 
 def endpoints_for(
-    from_slices: bool,
-    objs: tuple[Obj, ...],
+    endpoint_objs: tuple[bool, tuple[Obj, ...]],
+    *,
     port: Port,
     family: int | None,
+    vips: frozenset[IPAddress],
+    service: str,
     rej: Rejections,
 ) -> list[Endpoint]:
+    """The ready endpoints serving ``port`` (sorted, each once), less those that may not
+    be a real server (``agent.core.addresses.endpoint_reason``), which are reported on
+    the Service: a selectorless Service's hand-written endpoints are where they come from.
+    """
+    from_slices, objs = endpoint_objs
     if from_slices:
         found = _slice_endpoints(objs, port, family, rej)
     elif objs:
@@ -231,4 +239,18 @@ def endpoints_for(
     else:
         return []
     unique = {(e.address.version, int(e.address), e.port): e for e in found}
-    return [unique[k] for k in sorted(unique)]
+    out: list[Endpoint] = []
+    for key in sorted(unique):
+        endpoint = unique[key]
+        why = endpoint_reason(endpoint.address, vips)
+        if why is None:
+            out.append(endpoint)
+            continue
+        rej.add(
+            Reason.BAD_ENDPOINT,
+            kind="Service",
+            obj=service,
+            key=f"endpoints (port {port.name or port.port})",
+            reason=f"endpoint {endpoint.address} {why}; not a real server",
+        )
+    return out

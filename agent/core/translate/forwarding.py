@@ -110,6 +110,8 @@ class ForwardPlan:
     """Service-wide: scheduler, persistence, port list."""
     ports: tuple[PortPlan, ...]
     local: bool
+    servers: frozenset[IPAddress] = frozenset()
+    """Every real server and haproxy server address the plan forwards to."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class _Context:
     method: Method
     svc_ref: str
     endpoint_objs: tuple[bool, tuple[Obj, ...]]
+    vips: frozenset[IPAddress]
     local: bool
     scheduler: str
     persistence: int | None
@@ -134,10 +137,15 @@ def make_plan(
     endpoint_objs: tuple[bool, tuple[Obj, ...]],
     settings: Settings,
     node_name: str,
+    vips: frozenset[IPAddress] = frozenset(),
 ) -> ForwardPlan:
     """Everything about forwarding one request that depends on its objects alone: a
     pure function of them, so it is memoized on their identity; which VIP:port slots
-    earlier requests took is settled when the plan is replayed (``forward``)."""
+    earlier requests took is settled when the plan is replayed (``forward``).
+
+    Endpoints that are themselves ``vips`` are left out; memoized plans are made with
+    none, and ``forward`` makes the plan again, unmemoized, in the rare case one of its
+    servers turns out to be a VIP."""
     assert request.service is not None and request.method is not None
     svc_ref = "/".join(request.service)
     head = Rejections()
@@ -147,6 +155,7 @@ def make_plan(
         method=request.method,
         svc_ref=svc_ref,
         endpoint_objs=endpoint_objs,
+        vips=vips,
         local=local,
         scheduler=_scheduler(service, svc_ref, settings, head),
         persistence=_persistence(service, svc_ref, head),
@@ -154,7 +163,13 @@ def make_plan(
         node_name=node_name,
     )
     ports = tuple(_port_plan(context, port) for port in service_ports(service, svc_ref, head))
-    return ForwardPlan(tuple(head.items), ports, local)
+    servers: set[IPAddress] = set()
+    for port_plan in ports:
+        if port_plan.virtual_server is not None:
+            servers.update(rs.address for rs in port_plan.virtual_server.real_servers)
+        if port_plan.listener is not None:
+            servers.update(s.address for s in port_plan.listener.servers)
+    return ForwardPlan(tuple(head.items), ports, local, frozenset(servers))
 
 
 def _port_plan(context: _Context, port: Port) -> PortPlan:
@@ -173,7 +188,14 @@ def _port_plan(context: _Context, port: Port) -> PortPlan:
         )
         return PortPlan(slot, where, tuple(rej.items), claims=False)
     family = None if method is Method.PROXY else vip.version
-    endpoints = endpoints_for(*context.endpoint_objs, port, family, rej)
+    endpoints = endpoints_for(
+        context.endpoint_objs,
+        port=port,
+        family=family,
+        vips=context.vips,
+        service=context.svc_ref,
+        rej=rej,
+    )
     if context.local:
         endpoints = [e for e in endpoints if e.node == context.node_name]
     has_local = bool(endpoints)
@@ -293,6 +315,7 @@ def forward(
     settings: Settings,
     node_name: str,
     memo: PlanMemo,
+    vips: frozenset[IPAddress],
     taken: set[Slot],
     out: Forwarding,
     rej: Rejections,
@@ -312,13 +335,24 @@ def forward(
     if as_mapping(service.get("spec")).get("type") == "ExternalName":
         rej.add(Reason.EXTERNAL_NAME, **where, reason=f"service {svc_ref} is ExternalName")
         return
+    endpoint_objs = endpoint_objects(snapshot, request.service)
     plan = memo.plan(
         request,
         service=service,
-        endpoint_objs=endpoint_objects(snapshot, request.service),
+        endpoint_objs=endpoint_objs,
         settings=settings,
         node_name=node_name,
     )
+    if not plan.servers.isdisjoint(vips):
+        # an endpoint is itself a VIP: never forward a VIP to a VIP
+        plan = make_plan(
+            request,
+            service=service,
+            endpoint_objs=endpoint_objs,
+            settings=settings,
+            node_name=node_name,
+            vips=vips,
+        )
     rej.items.extend(plan.rejections)
     has_local = False
     for port in plan.ports:

@@ -3,10 +3,12 @@ which of them may hold service VIPs and the control-plane VIP."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.core import grammar
+from agent.core.addresses import node_addresses
 from agent.core.model import IPAddress, Reason
 from agent.core.snapshot import Snapshot
 from agent.core.translate.common import Rejections, as_list, as_mapping, meta_of
@@ -116,3 +118,14 @@ def node_view(
             n for n, v in nodes.items() if selector_matches(control_plane, v.labels)
         ),
     )
+
+
+def every_node_address(snapshot: Snapshot) -> dict[IPAddress, str]:
+    """Every address any Node reports, of every type, with the Node's name: none of them
+    may ever be a VIP (``agent.core.addresses``)."""
+    entries: list[tuple[str, IPAddress]] = []
+    for name, obj in snapshot.nodes.items():
+        for entry in as_list(as_mapping(obj.get("status")).get("addresses")):
+            with contextlib.suppress(ValueError):
+                entries.append((name, grammar.parse_ip(as_mapping(entry).get("address"))))
+    return node_addresses(entries)

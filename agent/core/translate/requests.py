@@ -1,7 +1,14 @@
 """VIP requests: which address each source asks for, for which Service, by which method.
 
-Sources, in the order their requests are served: the vip-configmap (cluster admins'),
-then Services of type LoadBalancer sorted by namespace/name.
+Sources, in the order their requests are served (first come, first served): the
+vip-configmap (cluster admins'), then Services of type LoadBalancer from the oldest
+(``metadata.creationTimestamp``; uid, then namespace/name break ties, and a Service
+without a timestamp counts as the newest).  Ordering by age, not by name, is what keeps
+a Service created later from taking an address away by picking a name that sorts first.
+
+Services of type LoadBalancer with a ``spec.loadBalancerClass`` other than ours
+(``vip-agent.io/vip-agent``) belong to another load-balancer implementation and are left
+alone entirely.
 """
 
 from __future__ import annotations
@@ -19,16 +26,60 @@ from agent.settings import Settings
 
 ANNOTATION_LB_IPS = "kube-vip.io/loadbalancerIPs"
 ANNOTATION_METHOD = "vip-agent.io/method"
+ANNOTATION_SHARED = "vip-agent.io/allow-shared-ip"
+ANNOTATION_SHARED_METALLB = "metallb.universe.tf/allow-shared-ip"
+LOAD_BALANCER_CLASS = "vip-agent.io/vip-agent"
 
 
 @dataclass(frozen=True)
 class VipRequest:
     vip: IPAddress
     service: Key | None
+    """The Service whose endpoints serve the VIP (None: held without virtual servers)."""
     method: Method | None
     kind: str
     obj: str
+    """Who asks: the vip-configmap or the Service, as namespace/name."""
     key: str
+    shared: str | None = None
+    """A Service's allow-shared-ip value: Services of one namespace with the same value
+    may share the VIP (on different ports)."""
+    created: str | None = None
+    """A Service's creationTimestamp, for the message that names the owner."""
+
+    @property
+    def owner(self) -> str:
+        return f"{self.kind} {self.obj}"
+
+
+@dataclass(frozen=True)
+class ServiceAsks:
+    """What LoadBalancer Services ask for, oldest first."""
+
+    requests: list[VipRequest]
+    asked: tuple[ServiceVips, ...]
+    """Every Service asking for a valid address, by namespace/name."""
+    unaddressed: tuple[Key, ...]
+    """Services of ours that ask for no address at all (allocation's candidates)."""
+
+
+def ours(spec: Mapping[str, Any]) -> bool:
+    """A LoadBalancer Service of no class, or of ours (the rest are another LB's)."""
+    cls = spec.get("loadBalancerClass")
+    return cls is None or cls == LOAD_BALANCER_CLASS
+
+
+def age_key(key: Key, service: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Oldest first: creationTimestamp (RFC 3339 in UTC sorts as text), uid, namespace/name.
+    No timestamp sorts last ('~' follows every digit)."""
+    meta = meta_of(service)
+    created = meta.get("creationTimestamp")
+    uid = meta.get("uid")
+    return (
+        created if isinstance(created, str) else "~",
+        uid if isinstance(uid, str) else "",
+        *key,
+    )
 
 
 def parse_configmap_key(key: str) -> IPAddress:
@@ -117,22 +168,27 @@ def configmap_requests(snapshot: Snapshot, settings: Settings, rej: Rejections) 
     return out
 
 
-def service_requests(
-    snapshot: Snapshot, rej: Rejections
-) -> tuple[list[VipRequest], tuple[ServiceVips, ...]]:
-    """The requests of LoadBalancer Services, sorted by namespace/name, and the valid
-    addresses each asks for (whether or not a request could be made of them: write-back
-    clears the ingress of a Service none of whose VIPs is held)."""
+def service_requests(snapshot: Snapshot, rej: Rejections) -> ServiceAsks:
+    """The requests of LoadBalancer Services, oldest first, the valid addresses each asks
+    for (whether or not a request could be made of them: write-back clears the ingress of
+    a Service none of whose VIPs is held), and the Services that ask for none."""
     out: list[VipRequest] = []
     asked: list[ServiceVips] = []
-    for key in sorted(snapshot.services):
-        service = snapshot.services[key]
+    unaddressed: list[Key] = []
+    lbs = [
+        (key, service)
+        for key, service in snapshot.services.items()
+        if as_mapping(service.get("spec")).get("type") == "LoadBalancer"
+        and ours(as_mapping(service.get("spec")))
+    ]
+    lbs.sort(key=lambda item: age_key(*item))
+    for key, service in lbs:
         spec = as_mapping(service.get("spec"))
-        if spec.get("type") != "LoadBalancer":
-            continue
         annotations = as_mapping(meta_of(service).get("annotations"))
         addresses = _addresses(spec, annotations)
-        if addresses is not None:
+        if addresses is None:
+            unaddressed.append(key)
+        else:
             valid = tuple(dict.fromkeys(_valid(addresses[0])))
             if valid:
                 asked.append(ServiceVips(service=key, requested=valid))
@@ -146,17 +202,28 @@ def service_requests(
                 reason="not valid",
             )
             continue
-        out.extend(_requests(key, annotations, addresses, rej))
-    return out, tuple(asked)
+        out.extend(_requests(key, service, addresses, rej))
+    asked.sort(key=lambda a: a.service)
+    return ServiceAsks(requests=out, asked=tuple(asked), unaddressed=tuple(unaddressed))
+
+
+def shared_key(annotations: Mapping[str, Any]) -> str | None:
+    """The Service's allow-shared-ip value (ours, else MetalLB's), if any."""
+    for name in (ANNOTATION_SHARED, ANNOTATION_SHARED_METALLB):
+        value = annotations.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _addresses(
     spec: Mapping[str, Any], annotations: Mapping[str, Any]
 ) -> tuple[list[object], str] | None:
     """What a LoadBalancer Service writes its addresses as, and where (the key)."""
-    if ANNOTATION_LB_IPS in annotations:
-        raw = annotations[ANNOTATION_LB_IPS]
-        texts = [t.strip() for t in raw.split(",")] if isinstance(raw, str) else [raw]
+    raw = annotations.get(ANNOTATION_LB_IPS)
+    blank = isinstance(raw, str) and not raw.strip()  # asks for nothing: as if absent
+    if ANNOTATION_LB_IPS in annotations and not blank:
+        texts: list[object] = [t.strip() for t in raw.split(",")] if isinstance(raw, str) else [raw]
         return texts, f"annotations[{ANNOTATION_LB_IPS}]"
     if spec.get("loadBalancerIP"):
         return [spec.get("loadBalancerIP")], "spec.loadBalancerIP"
@@ -171,11 +238,14 @@ def _valid(texts: list[object]) -> Iterator[IPAddress]:
 
 def _requests(
     key: Key,
-    annotations: Mapping[str, Any],
+    service: Mapping[str, Any],
     addresses: tuple[list[object], str] | None,
     rej: Rejections,
 ) -> Iterator[VipRequest]:
     ref = "/".join(key)
+    meta = meta_of(service)
+    annotations = as_mapping(meta.get("annotations"))
+    created = meta.get("creationTimestamp")
     method: Method | None = None
     if ANNOTATION_METHOD in annotations:
         try:
@@ -198,4 +268,13 @@ def _requests(
         except ValueError as err:
             rej.add(Reason.BAD_ADDRESS, kind="Service", obj=ref, key=source, reason=str(err))
             continue
-        yield VipRequest(vip, key, method, "Service", ref, source)
+        yield VipRequest(
+            vip,
+            key,
+            method,
+            "Service",
+            ref,
+            source,
+            shared=shared_key(annotations),
+            created=created if isinstance(created, str) else None,
+        )
