@@ -1,5 +1,10 @@
 """Interface facts and address clean-up through netlink (pyroute2).
 
+Host facts: the addresses of this node's interfaces, their subnets and the next hops
+of its routes, which no VIP may take (``agent.core.addresses``).  The VIPs keepalived
+put on an interface look like any other address there, so the host-prefix addresses the
+agent manages are left out: without that, the agent would forbid the VIP it holds.
+
 Stale VIPs: when keepalived is SIGKILLed (or the node loses power mid-failover) the
 VIPs it added stay on the interface; a keepalived started afterwards does not know
 them, and the same VIP answers on two nodes (the duplicate-VIP defect of
@@ -12,11 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 
+from agent.core.addresses import HostFacts, IPNetwork
 from agent.core.model import IPAddress
 
 _VIP_LINE = re.compile(r"^\s+([0-9A-Fa-f:.]+)/(32|128) dev \S+$", re.M)
@@ -79,3 +89,62 @@ def interface_for(address: IPAddress) -> str | None:
                     name = links[0].get_attr("IFLA_IFNAME")
                     return str(name) if name else None
     return None
+
+
+def host_facts(managed: Iterable[IPAddress]) -> HostFacts:
+    """This node's addresses (all interfaces), their subnets and its routes' next hops;
+    host-prefix addresses in ``managed`` (VIPs the agent put there) left out."""
+    skip = set(managed)
+    found: set[IPAddress] = set()
+    subnets: set[IPNetwork] = set()
+    gateways: set[IPAddress] = set()
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if not text:
+                continue
+            address, prefixlen = ipaddress.ip_address(text), int(msg["prefixlen"])
+            if prefixlen == address.max_prefixlen and address in skip:
+                continue
+            found.add(address)
+            if prefixlen < address.max_prefixlen:
+                subnets.add(ipaddress.ip_network(f"{address}/{prefixlen}", strict=False))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family):
+                gateways.update(_next_hops(route))
+    return HostFacts(
+        addresses=frozenset(found), subnets=frozenset(subnets), gateways=frozenset(gateways)
+    )
+
+
+def _next_hops(route: Any) -> set[IPAddress]:
+    hops = [route.get_attr("RTA_GATEWAY")]
+    for path in route.get_attr("RTA_MULTIPATH") or []:  # ECMP routes carry one gateway per path
+        hops.append(path.get_attr("RTA_GATEWAY"))
+    return {ipaddress.ip_address(h) for h in hops if h}
+
+
+class HostFactsCache:
+    """Host facts read at most every ``ttl`` seconds: a reconcile asks on every pass, and a
+    node's own addresses and routes change seldom (a dump of a large routing table is
+    not free)."""
+
+    def __init__(
+        self,
+        *,
+        managed: Callable[[], Iterable[IPAddress]],
+        read: Callable[[Iterable[IPAddress]], HostFacts] = host_facts,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.managed, self.read, self.ttl, self.clock = managed, read, ttl, clock
+        self._facts: HostFacts | None = None
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> HostFacts:
+        with self._lock:
+            if self._facts is None or self.clock() - self._at >= self.ttl:
+                self._facts = self.read(self.managed())
+                self._at = self.clock()
+            return self._facts
