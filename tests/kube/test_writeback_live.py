@@ -10,7 +10,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any
 
-from agent.core.model import Rejection
+from agent.core.model import Reason, Rejection
 from agent.core.translate import ANNOTATION_LB_IPS
 from agent.sources.kube import KubeApi, KubeSource
 from agent.writeback import (
@@ -145,7 +145,7 @@ def test_ingress_follows_the_vip_and_is_cleared_when_it_goes(cluster: Cluster) -
         )
         eventually(
             lambda: (
-                any("not a usable VIP" in r.reason for r in scene.state(source).rejections)
+                any(r.code is Reason.FORBIDDEN_ADDRESS for r in scene.state(source).rejections)
                 and seen_ingress(source, scene) == ("127.0.0.5",)
             ),
             what="rejected VIP seen",

@@ -19,7 +19,6 @@ from agent.writeback import (
     IngressWriter,
     TokenBucket,
     event_reason,
-    event_reporter,
     plan_ingress,
     rendezvous_winner,
 )
@@ -57,9 +56,17 @@ def plan(snap: Snapshot, node: str, held: set[Any] | None) -> list[tuple[str, tu
 def test_the_holder_of_the_lowest_vip_writes_all_of_them() -> None:
     snap = snapshot(lb("web", "192.0.2.9, 192.0.2.5"))
     low = ip_address("192.0.2.5")
-    assert plan(snap, "node-a", {low}) == [("web", ("192.0.2.5", "192.0.2.9"))]
-    assert plan(snap, "node-b", {ip_address("192.0.2.9")}) == []  # holds only the other one
-    assert plan(snap, "node-c", set()) == []
+    state = translate(snap, SETTINGS, node_name="node-a", interface="eth0")
+    preferred = rendezvous_winner(NODES, next(i.name for i in state.instances if low in i.vips))
+    holder = next(n for n in NODES if n != preferred)
+    both = [("web", ("192.0.2.5", "192.0.2.9"))]
+    assert plan(snap, holder, {low}) == both
+    # the preferred owner writes too (the same list), so the ingress is right even when
+    # no node holds the VIP yet; the third node neither holds it nor is preferred
+    assert plan(snap, preferred, set()) == both
+    third = next(n for n in NODES if n not in (holder, preferred))
+    assert plan(snap, third, {ip_address("192.0.2.9")}) == []  # holds only the other one
+    assert plan(snap, third, set()) == []
 
 
 def test_without_vrrp_facts_the_preferred_owner_writes() -> None:
@@ -119,14 +126,6 @@ def test_translate_records_what_each_service_asks_for() -> None:
         (("default", "a"), (ip_address("192.0.2.1"), ip_address("2001:db8::1"))),
         (("default", "b"), (ip_address("192.0.2.2"),)),
     ]
-
-
-def test_one_node_reports_events() -> None:
-    state = translate(snapshot(), SETTINGS, node_name="node-a", interface="eth0")
-    reporters = [n for n in NODES if event_reporter(state.nodes, n)]
-    assert len(reporters) == 1
-    empty = translate(Snapshot(), SETTINGS, node_name="anyone", interface="eth0")
-    assert event_reporter(empty.nodes, "anyone")  # no Nodes known: report
 
 
 def test_event_reasons() -> None:
