@@ -40,424 +40,67 @@ reached); ``start()`` waits for that first sync up to ``sync_timeout`` seconds.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import logging
 import random as random_mod
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, cast
-
-import urllib3
 
 from agent.core.snapshot import Key, Obj, Snapshot
 from agent.settings import Settings
+from agent.sources.kube.resources import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    NODES,
+    SERVICES,
+    Resource,
+    StoreKey,
+    configmap_resource,
+    endpoints_resource,
+    resource_version,
+    same_but_for_version,
+    slim,
+    store_key,
+)
+from agent.sources.kube.transport import (
+    ApiError,
+    KubeApi,
+    Query,
+    Unreachable,
+    WatchStream,
+    api_client_for,
+)
+
+__all__ = [
+    "ENDPOINTS",
+    "ENDPOINT_SLICES",
+    "NODES",
+    "SERVICES",
+    "ApiError",
+    "Backoff",
+    "KubeApi",
+    "KubeSource",
+    "Query",
+    "Resource",
+    "StoreKey",
+    "Unreachable",
+    "WatchStream",
+    "api_client_for",
+    "configmap_resource",
+    "endpoints_resource",
+    "slim",
+    "store_key",
+]
 
 log = logging.getLogger("vip-agent.kube")
-
-Query = Sequence[tuple[str, str]]
-StoreKey = str | tuple[str, str]
 
 WATCH_TIMEOUT_SECONDS = 300
 """Base of ``timeoutSeconds``; each watch asks for 1x-2x this (client-go does the same)
 so the watches of many agents do not all end, and reconnect, at the same moment."""
 LIST_PAGE_SIZE = 500
-CONNECT_TIMEOUT = 10.0
-REQUEST_TIMEOUT = 60.0
-# Dropped: kubectl apply's copy of the whole object, often the largest annotation.
-_DROPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
 _USER = re.compile(r'User "([^"]*)"')
-
-
-class ApiError(Exception):
-    """The API server answered with a failure Status (HTTP status or a watch ERROR event)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class Unreachable(Exception):
-    """No answer: connection refused or reset, TLS failure, timeout, a truncated stream."""
-
-
-def _status_error(status: int, body: bytes, fallback: str) -> ApiError:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, Mapping) and parsed.get("kind") == "Status":
-        return ApiError(
-            int(parsed.get("code") or status),
-            str(parsed.get("reason") or fallback),
-            str(parsed.get("message") or ""),
-        )
-    return ApiError(status, fallback, body[:200].decode("utf-8", errors="replace"))
-
-
-# Everything that means "the API server did not answer" rather than "it said no".
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    urllib3.exceptions.HTTPError,
-    OSError,
-    http.client.HTTPException,
-)
-
-
-def _reason(err: BaseException) -> str:
-    """The cause of a network failure, without the URL: the same outage gives the same
-    text on every retry, so the log says it once (the query varies by timeoutSeconds)."""
-    while isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
-        err = err.reason
-    text = str(err)
-    if isinstance(err, urllib3.exceptions.NewConnectionError):
-        text = text.partition("): ")[2] or text  # drop "HTTPSConnection(host=..., port=...)"
-    return text
-
-
-class WatchStream:
-    """The events of one open watch; ``close()`` from another thread unblocks the reader."""
-
-    def __init__(self, response: Any) -> None:
-        self._response = response
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        buffer = bytearray()
-        try:
-            # The API server writes one JSON object per line and flushes each as an HTTP
-            # chunk; stream(None) hands over every chunk as soon as it arrives.
-            for chunk in self._response.stream(amt=None, decode_content=True):
-                buffer.extend(chunk)
-                while (end := buffer.find(b"\n")) >= 0:
-                    line = bytes(buffer[:end])
-                    del buffer[: end + 1]
-                    if line.strip():
-                        yield _event(line)
-        except _NETWORK_ERRORS as err:
-            raise Unreachable(f"watch stream broken: {_reason(err)}") from err
-        if buffer.strip():
-            yield _event(bytes(buffer))
-
-    def close(self) -> None:
-        # shutdown() interrupts a read blocked in another thread (urllib3 >= 2.3);
-        # close() alone would wait for it.
-        with contextlib.suppress(Exception):
-            self._response.shutdown()
-        with contextlib.suppress(Exception):
-            self._response.release_conn()
-            self._response.close()
-
-    def __enter__(self) -> WatchStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _event(line: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(line)
-    except ValueError as err:
-        raise Unreachable(f"watch stream sent a line that is not JSON: {err}") from err
-    if not isinstance(event, dict):
-        raise Unreachable("watch stream sent a line that is not an event object")
-    return event
-
-
-class KubeApi:
-    """Raw JSON requests through a ``kubernetes.client.ApiClient``.
-
-    The client brings authentication (bearer token with in-cluster refresh, client
-    certificates, exec plugins via kubeconfig), TLS and proxy settings; this class only
-    builds paths and reads JSON, so it works for any group/version the server has,
-    whatever models the client library was generated with.
-    """
-
-    def __init__(
-        self,
-        api_client: Any,
-        *,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
-    ) -> None:
-        if not callable(getattr(api_client, "param_serialize", None)):
-            # clients generated before openapi-generator 7 (kubernetes < 37) build and send
-            # requests through a different call_api signature
-            raise TypeError("KubeApi needs a kubernetes.client.ApiClient from kubernetes >= 37")
-        self.api_client = api_client
-        self.connect_timeout = connect_timeout
-        self.request_timeout = request_timeout
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Query,
-        body: object,
-        content_type: str | None,
-        read_timeout: float,
-    ) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        try:
-            request = self.api_client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=list(query),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = self.api_client.call_api(
-                *request, _request_timeout=(self.connect_timeout, read_timeout)
-            )
-        except _NETWORK_ERRORS as err:
-            raise Unreachable(f"{method} {path}: {_reason(err)}") from err
-        except Exception as err:
-            # kubernetes.client raises ApiException(status=0) for TLS failures
-            if getattr(err, "status", None) == 0:
-                raise Unreachable(f"{method} {path}: {getattr(err, 'reason', err)}") from err
-            raise
-        return response
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Query = (),
-        body: object = None,
-        content_type: str | None = None,
-    ) -> Any:
-        """One request; the decoded JSON answer, or ApiError / Unreachable."""
-        response = self._send(
-            method,
-            path,
-            query=query,
-            body=body,
-            content_type=content_type,
-            read_timeout=self.request_timeout,
-        )
-        try:
-            data = response.read()
-        except _NETWORK_ERRORS as err:
-            raise Unreachable(f"{method} {path}: {_reason(err)}") from err
-        finally:
-            with contextlib.suppress(Exception):
-                response.response.release_conn()
-        if not 200 <= response.status <= 299:
-            raise _status_error(response.status, data or b"", str(response.reason))
-        try:
-            return json.loads(data) if data else None
-        except ValueError as err:
-            raise Unreachable(f"{method} {path}: answer is not JSON: {err}") from err
-
-    def watch(self, path: str, query: Query, *, read_timeout: float) -> WatchStream:
-        """Open a watch; raises ApiError when the server refuses it (403, 410 ...)."""
-        response = self._send(
-            "GET", path, query=query, body=None, content_type=None, read_timeout=read_timeout
-        )
-        if not 200 <= response.status <= 299:
-            try:
-                data = response.read()
-            except _NETWORK_ERRORS:
-                data = b""
-            with contextlib.suppress(Exception):
-                response.response.release_conn()
-            raise _status_error(response.status, data or b"", str(response.reason))
-        return WatchStream(response.response)
-
-
-def api_client_for(settings: Settings) -> Any:
-    """A ``kubernetes.client.ApiClient`` for the agent.
-
-    ``kubeconfig`` when the operator set one (an explicit file wins), else the in-cluster
-    service account (DaemonSet / static pod with a token mounted), else the default
-    kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``; bare-metal systemd service).
-    """
-    from kubernetes import client
-    from kubernetes import config as config_mod
-
-    # the loaders are untyped; one Any keeps mypy --strict quiet without hiding more
-    config: Any = config_mod
-    configuration = client.Configuration()
-    if settings.kubeconfig:
-        config.load_kube_config(
-            config_file=settings.kubeconfig,
-            client_configuration=configuration,
-            persist_config=False,
-        )
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration, persist_config=False)
-    return client.ApiClient(configuration)
-
-
-# --- what is watched --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One list/watch target: a kind at a group/version, optionally narrowed."""
-
-    kind: str
-    group_version: str
-    plural: str
-    namespace: str | None = None
-    field_selector: str | None = None
-
-    @property
-    def group(self) -> str:
-        return self.group_version.rpartition("/")[0]
-
-    @property
-    def path(self) -> str:
-        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
-        where = f"/namespaces/{self.namespace}" if self.namespace else ""
-        return f"{base}{where}/{self.plural}"
-
-    def describe(self) -> str:
-        """How RBAC names it: ``services``, ``endpointslices.discovery.k8s.io``."""
-        name = f"{self.plural}.{self.group}" if self.group else self.plural
-        if self.field_selector:
-            name += f" ({self.field_selector})"
-        return name
-
-    def scope(self) -> str:
-        return f'in namespace "{self.namespace}"' if self.namespace else "at the cluster scope"
-
-    def query(self) -> list[tuple[str, str]]:
-        return [("fieldSelector", self.field_selector)] if self.field_selector else []
-
-
-SERVICES = Resource("Service", "v1", "services")
-ENDPOINTS = Resource("Endpoints", "v1", "endpoints")
-ENDPOINT_SLICES = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")
-NODES = Resource("Node", "v1", "nodes")
-
-
-def configmap_resource(namespace: str, name: str) -> Resource:
-    # RBAC can name the one ConfigMap: the API server takes the name of a list/watch
-    # from an exact metadata.name field selector and checks resourceNames against it.
-    return Resource("ConfigMap", "v1", "configmaps", namespace, f"metadata.name={name}")
-
-
-def endpoints_resource(api: KubeApi) -> Resource:
-    """EndpointSlices v1 when the server serves discovery.k8s.io/v1 (1.21+), else Endpoints.
-
-    1.20 serves EndpointSlices only as v1beta1, whose endpoints carry ``topology`` instead
-    of ``nodeName``; core/v1 Endpoints hold the same addresses in every version, so they
-    are the fallback rather than a second slice schema.
-    """
-    try:
-        group = api.request("GET", "/apis/discovery.k8s.io")
-    except ApiError as err:
-        if err.status == 404:
-            return ENDPOINTS
-        raise
-    versions = {
-        v.get("version") for v in (group or {}).get("versions") or [] if isinstance(v, Mapping)
-    }
-    return ENDPOINT_SLICES if "v1" in versions else ENDPOINTS
-
-
-# --- trimming objects -------------------------------------------------------------
-
-
-def _slim_meta(meta: Any) -> dict[str, Any]:
-    meta = meta if isinstance(meta, Mapping) else {}
-    out = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
-    if meta.get("labels"):
-        out["labels"] = meta["labels"]
-    annotations = meta.get("annotations")
-    if isinstance(annotations, Mapping):
-        kept = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
-        if kept:
-            out["annotations"] = kept
-    return out
-
-
-def _keep(value: Any, keys: Sequence[str]) -> Any:
-    if not isinstance(value, Mapping):
-        return value
-    return {k: value[k] for k in keys if k in value}
-
-
-def slim(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an object that translate and write-back read; the rest is dropped."""
-    out: dict[str, Any] = {"metadata": _slim_meta(obj.get("metadata"))}
-    raw_status = obj.get("status")
-    status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
-    if kind == "Service":
-        if "spec" in obj:
-            out["spec"] = obj["spec"]
-        if status.get("loadBalancer"):
-            out["status"] = {"loadBalancer": status["loadBalancer"]}
-    elif kind == "Node":
-        if status.get("addresses"):
-            out["status"] = {"addresses": status["addresses"]}
-    elif kind == "Endpoints":
-        subsets = obj.get("subsets")
-        if isinstance(subsets, list):
-            # targetRef (pod uid, resourceVersion) is most of an address's bytes and is
-            # never read; notReadyAddresses are never served.
-            out["subsets"] = [
-                {
-                    "addresses": [
-                        _keep(a, ("ip", "nodeName")) for a in subset.get("addresses") or []
-                    ],
-                    "ports": subset.get("ports") or [],
-                }
-                if isinstance(subset, Mapping)
-                else subset
-                for subset in subsets
-            ]
-    elif kind == "EndpointSlice":
-        out["addressType"] = obj.get("addressType")
-        out["ports"] = obj.get("ports")
-        endpoints = obj.get("endpoints")
-        if isinstance(endpoints, list):
-            out["endpoints"] = [
-                _keep(e, ("addresses", "conditions", "nodeName")) for e in endpoints
-            ]
-    elif kind == "ConfigMap" and "data" in obj:
-        out["data"] = obj["data"]
-    return out
-
-
-def _same(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
-    """Equal but for resourceVersion: a Node heartbeat or a managedFields-only update
-    bumps it without changing anything the agent reads, and must not cause a reconcile."""
-    if a is None:
-        return False
-    meta_a, meta_b = dict(a.get("metadata") or {}), dict(b.get("metadata") or {})
-    meta_a.pop("resourceVersion", None)
-    meta_b.pop("resourceVersion", None)
-    return meta_a == meta_b and {**a, "metadata": None} == {**b, "metadata": None}
-
-
-def store_key(kind: str, obj: Mapping[str, Any]) -> StoreKey | None:
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
-        return None
-    if kind == "Node":
-        return str(meta["name"])
-    return (str(meta.get("namespace") or ""), str(meta["name"]))
-
-
-def _resource_version(obj: Any) -> str | None:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
-    return rv if isinstance(rv, str) and rv else None
 
 
 # --- backoff ----------------------------------------------------------------------
@@ -667,7 +310,7 @@ class _Watcher:
                 # etcd compacted past our resourceVersion ("too old resource version")
                 raise _Gone(f"watch expired: {message}")
             raise ApiError(code, str(obj.get("reason") or "Error"), message)
-        version = _resource_version(obj)
+        version = resource_version(obj)
         if kind == "BOOKMARK":
             # only metadata.resourceVersion is meaningful in a bookmark's object
             if version:
@@ -832,7 +475,7 @@ class KubeSource:
                 not watcher.synced
                 or watcher.resource != resource
                 or watcher.store.keys() != items.keys()
-                or any(not _same(watcher.store.get(k), v) for k, v in items.items())
+                or any(not same_but_for_version(watcher.store.get(k), v) for k, v in items.items())
             )
             watcher.store = items
             watcher.resource = resource
@@ -848,7 +491,7 @@ class KubeSource:
 
     def upsert(self, watcher: _Watcher, key: StoreKey, obj: dict[str, Any]) -> None:
         with self._lock:
-            same = _same(watcher.store.get(key), obj)
+            same = same_but_for_version(watcher.store.get(key), obj)
             watcher.store[key] = obj
             self._snapshot = None  # keep resourceVersions current for write-back
             if not same:
