@@ -132,31 +132,38 @@ def slim(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         if status.get("addresses"):
             out["status"] = {"addresses": status["addresses"]}
     elif kind == "Endpoints":
-        subsets = obj.get("subsets")
-        if isinstance(subsets, list):
-            # targetRef (pod uid, resourceVersion) is most of an address's bytes and is
-            # never read; notReadyAddresses are never served.
-            out["subsets"] = [
-                {
-                    "addresses": [
-                        _keep(a, ("ip", "nodeName")) for a in subset.get("addresses") or []
-                    ],
-                    "ports": subset.get("ports") or [],
-                }
-                if isinstance(subset, Mapping)
-                else subset
-                for subset in subsets
-            ]
+        out.update(_slim_endpoints(obj))
     elif kind == "EndpointSlice":
-        out["addressType"] = obj.get("addressType")
-        out["ports"] = obj.get("ports")
-        endpoints = obj.get("endpoints")
-        if isinstance(endpoints, list):
-            out["endpoints"] = [
-                _keep(e, ("addresses", "conditions", "nodeName")) for e in endpoints
-            ]
+        out.update(_slim_endpoint_slice(obj))
     elif kind == "ConfigMap" and "data" in obj:
         out["data"] = obj["data"]
+    return out
+
+
+def _slim_endpoints(obj: Mapping[str, Any]) -> dict[str, Any]:
+    subsets = obj.get("subsets")
+    if not isinstance(subsets, list):
+        return {}
+    # targetRef (pod uid, resourceVersion) is most of an address's bytes and is never
+    # read; notReadyAddresses are never served.
+    return {
+        "subsets": [
+            {
+                "addresses": [_keep(a, ("ip", "nodeName")) for a in subset.get("addresses") or []],
+                "ports": subset.get("ports") or [],
+            }
+            if isinstance(subset, Mapping)
+            else subset
+            for subset in subsets
+        ]
+    }
+
+
+def _slim_endpoint_slice(obj: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"addressType": obj.get("addressType"), "ports": obj.get("ports")}
+    endpoints = obj.get("endpoints")
+    if isinstance(endpoints, list):
+        out["endpoints"] = [_keep(e, ("addresses", "conditions", "nodeName")) for e in endpoints]
     return out
 
 
