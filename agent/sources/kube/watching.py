@@ -353,8 +353,10 @@ def follow(events: Generator[Event, None, None], apply: Callable[[Event], None])
 
     When ``apply`` raises, the exception is thrown back into the loop at the event's
     ``yield``, where the loop treats it as a failure of its own list or watch: logged,
-    reported as ``Failed``, retried after backoff, and from the same resourceVersion, so the
-    event comes again.  A bug in the consumer must not end the watch for good.
+    reported as ``Failed``, retried after backoff.  The loop moves its resourceVersion past
+    an event only once ``apply`` returned, so the retry lists again or watches from before
+    the event, and the event comes again.  A bug in the consumer must not end the watch for
+    good.
     """
     try:
         event: Event | None = next(events, None)
