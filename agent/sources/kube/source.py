@@ -221,13 +221,13 @@ class KubeSource:
     def _apply(self, kind: Kind, event: Event) -> None:
         match event:
             case Listed(resource=resource, items=items):
-                self._replace(kind, resource, items)
+                self._replace(kind, resource=resource, items=items)
             case Upserted(key=key, obj=obj):
-                self._upsert(kind, key, obj)
+                self._upsert(kind, key=key, obj=obj)
             case Deleted(key=key):
                 self._delete(kind, key)
             case Failed(message=message, level=level):
-                self._failed(kind, message, level)
+                self._failed(kind, message=message, level=level)
             case Recovered():
                 self._recovered(kind)
             case Restarted():
@@ -236,7 +236,7 @@ class KubeSource:
                 assert_never(event)
 
     def _replace(
-        self, kind: Kind, resource: Resource, items: dict[StoreKey, dict[str, Any]]
+        self, kind: Kind, *, resource: Resource, items: dict[StoreKey, dict[str, Any]]
     ) -> None:
         with self._lock:
             changed = (
@@ -258,7 +258,7 @@ class KubeSource:
         if changed or newly_synced:
             self._notify()
 
-    def _upsert(self, kind: Kind, key: StoreKey, obj: dict[str, Any]) -> None:
+    def _upsert(self, kind: Kind, *, key: StoreKey, obj: dict[str, Any]) -> None:
         with self._lock:
             same = same_but_for_version(kind.store.get(key), obj)
             kind.store[key] = obj
@@ -277,7 +277,7 @@ class KubeSource:
         if found:
             self._notify()
 
-    def _failed(self, kind: Kind, message: str, level: int) -> None:
+    def _failed(self, kind: Kind, *, message: str, level: int) -> None:
         if message != kind.error:
             log.log(level, "%s: %s; keeping the last good objects", kind.name, message)
         else:

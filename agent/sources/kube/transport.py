@@ -43,7 +43,7 @@ class Unreachable(Exception):
     """No answer: connection refused or reset, TLS failure, timeout, a truncated stream."""
 
 
-def _status_error(status: int, body: bytes, fallback: str) -> ApiError:
+def _status_error(status: int, *, body: bytes, fallback: str) -> ApiError:
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -209,7 +209,7 @@ class KubeApi:
             with contextlib.suppress(Exception):
                 response.response.release_conn()
         if not 200 <= response.status <= 299:
-            raise _status_error(response.status, data or b"", str(response.reason))
+            raise _status_error(response.status, body=data or b"", fallback=str(response.reason))
         try:
             return json.loads(data) if data else None
         except ValueError as err:
@@ -227,7 +227,7 @@ class KubeApi:
                 data = b""
             with contextlib.suppress(Exception):
                 response.response.release_conn()
-            raise _status_error(response.status, data or b"", str(response.reason))
+            raise _status_error(response.status, body=data or b"", fallback=str(response.reason))
         return WatchStream(response.response)
 
 

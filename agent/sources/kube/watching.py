@@ -215,12 +215,12 @@ class Watch:
                 self.resource_version = None
                 yield Restarted(str(gone))
             except (ApiError, Unreachable) as err:
-                yield from self._failed(verb, resource, err)
+                yield from self._failed(verb, resource=resource, err=err)
             except Exception as err:  # a bug here must not end the watch for good
                 log.exception("%s: unexpected failure", self.name)
-                yield from self._failed(verb, resource, err)
+                yield from self._failed(verb, resource=resource, err=err)
 
-    def _failed(self, verb: str, resource: Resource | None, err: Exception) -> Iterator[Event]:
+    def _failed(self, verb: str, *, resource: Resource | None, err: Exception) -> Iterator[Event]:
         if self.stopping.is_set():
             return
         message, level = failure(verb=verb, resource=resource, name=self.name, err=err)
