@@ -181,7 +181,7 @@ def test_missing_verb_fails_loudly_naming_it(
         eventually(lambda: expected in (source.error or ""), what="watch forbidden", timeout=20)
         # the other kinds work: only the missing permission is reported
         eventually(
-            lambda: all(w.error is None for w in source.watchers if w is not source.services),
+            lambda: all(k.error is None for k in source.kinds if k is not source.services),
             what="other kinds fine",
         )
         loud = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

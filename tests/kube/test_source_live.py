@@ -110,13 +110,13 @@ def test_410_gone_relists_nothing_missed_nothing_duplicated(cluster: Cluster) ->
     source = source_for(cluster.apiserver, (ns, "vip-configmap"), api=api)
     with running(source):
         assert source.services.lists == 1
-        old_rv = source.services.resource_version
+        old_rv = source.services.watch.resource_version
         assert old_rv is not None
-        eventually(lambda: source.services.watching, what="services watch open")
+        eventually(lambda: source.services.watch.watching, what="services watch open")
         api.gate.clear()
-        source.services.close_stream()  # end the open watch; the next one waits
+        source.services.watch.close_stream()  # end the open watch; the next one waits
         assert api.waiting.wait(20), "the services watcher did not come back to watch"
-        assert source.services.resource_version == old_rv
+        assert source.services.watch.resource_version == old_rv
         # while nobody watches: a delete, an add and an update
         cluster.delete("Service", ns, "doomed")
         scene.web("new")

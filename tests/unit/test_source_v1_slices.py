@@ -195,7 +195,7 @@ def test_bookmark_moves_the_resource_version_without_a_change(fake: FakeApiServe
         snapshot = source.snapshot()
         fake.bookmark()
         eventually(
-            lambda: source.services.resource_version == str(fake.rv), what="bookmark applied"
+            lambda: source.services.watch.resource_version == str(fake.rv), what="bookmark applied"
         )
         assert source.generation == generation
         assert source.snapshot() is snapshot  # cached: nothing changed
