@@ -224,25 +224,25 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
 
 
 def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> dict[str, Any]:
-    from agent import daemons
+    from agent.daemons import haproxy, keepalived, modes
 
     run_dir = Path(settings.run_dir)
     if settings.daemons == "supervise":
-        ipvs = daemons.ipvs_available()
+        ipvs = keepalived.ipvs_available()
         if not ipvs:
             logging.getLogger("vip-agent").warning(
                 "IPVS is not in this kernel: keepalived runs VRRP only, "
                 "virtual_server blocks are rendered and checked but not programmed"
             )
         return {
-            "keepalived": daemons.Keepalived(
+            "keepalived": keepalived.Keepalived(
                 binary=settings.keepalived_binary,
                 config=Path(settings.keepalived_config),
                 run_dir=run_dir,
                 before_start=before_keepalived,
                 ipvs=ipvs,
             ),
-            "haproxy": daemons.Haproxy(
+            "haproxy": haproxy.Haproxy(
                 binary=settings.haproxy_binary,
                 config=Path(settings.haproxy_config),
                 run_dir=run_dir,
@@ -250,28 +250,29 @@ def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> 
         }
     if settings.daemons == "systemd":
         return {
-            "keepalived": daemons.SystemdService("keepalived", "keepalived.service"),
-            "haproxy": daemons.SystemdService("haproxy", "haproxy.service"),
+            "keepalived": modes.SystemdService("keepalived", "keepalived.service"),
+            "haproxy": modes.SystemdService("haproxy", "haproxy.service"),
         }
-    return {"keepalived": daemons.NoDaemon("keepalived"), "haproxy": daemons.NoDaemon("haproxy")}
+    return {"keepalived": modes.NoDaemon("keepalived"), "haproxy": modes.NoDaemon("haproxy")}
 
 
 def build_targets(settings: Settings) -> list[Any]:
-    from agent import validate
     from agent.apply import Target
+    from agent.daemons.haproxy import check_haproxy
+    from agent.daemons.keepalived import check_keepalived
 
     return [
         Target(
             name="keepalived.conf",
             path=Path(settings.keepalived_config),
             mode=0o600,  # may hold the VRRP password
-            validate=lambda p: validate.check_keepalived(p, binary=settings.keepalived_binary),
+            validate=lambda p: check_keepalived(p, binary=settings.keepalived_binary),
         ),
         Target(
             name="haproxy.cfg",
             path=Path(settings.haproxy_config),
             mode=0o640,
-            validate=lambda p: validate.check_haproxy(p, binary=settings.haproxy_binary),
+            validate=lambda p: check_haproxy(p, binary=settings.haproxy_binary),
         ),
     ]
 
