@@ -1,9 +1,10 @@
-"""haproxy: its configuration checker, and haproxy in master-worker mode as the agent's child.
+"""haproxy: haproxy.cfg, its checker, and haproxy in master-worker mode as the agent's child.
 
 haproxy serves the PROXY VIPs and the apiserver VIP.  Under ``--daemons supervise`` it
 runs in master-worker mode (``-W -S``) with a master CLI socket; a reload is confirmed
 when the master's ``show proc`` shows its reload counter move with no new failure and a
-new current worker.
+new current worker.  It serves what keepalived announces, so it starts first and stops
+last.  haproxy.cfg is 0640.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from agent import validate
 from agent.daemons.process import Clock, ReloadOutcome, Supervised
+from agent.daemons.spec import ConfigFile, Hook
+from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.daemons")
 
@@ -152,3 +155,32 @@ class ProcTable:
             elif fields[1] == "worker" and section.startswith("# workers") and worker is None:
                 worker = int(fields[0])
         return cls(reloads=reloads, failed=failed, worker=worker)
+
+
+def _config_path(settings: Settings) -> Path:
+    return Path(settings.haproxy_config)
+
+
+def _check(path: Path, settings: Settings) -> validate.CheckResult:
+    return check_haproxy(path, binary=settings.haproxy_binary)
+
+
+def _supervised(settings: Settings, before_start: Hook) -> Haproxy:
+    return Haproxy(
+        binary=settings.haproxy_binary,
+        config=_config_path(settings),
+        run_dir=Path(settings.run_dir),
+        before_start=before_start,
+    )
+
+
+HAPROXY_CFG = ConfigFile(
+    name="haproxy.cfg",
+    template="haproxy.cfg.j2",
+    mode=0o640,
+    daemon="haproxy",
+    unit="haproxy.service",
+    path=_config_path,
+    check=_check,
+    supervised=_supervised,
+)

@@ -1,10 +1,11 @@
-"""keepalived: its configuration checker, and keepalived as the agent's child.
+"""keepalived: keepalived.conf, its checker, and keepalived as the agent's child.
 
 keepalived holds the VIPs (VRRP) and programs IPVS (``virtual_server`` blocks).  Under
 ``--daemons supervise`` it runs as ``--dont-fork --log-console``; a reload is a SIGHUP,
 confirmed when keepalived logs ``Reload complete`` once per child process (VRRP and
 checkers).  keepalived flaps when reloaded in quick succession, so its reloads are
-throttled (``keepalived_reload_interval``).
+throttled (``keepalived_reload_interval``).  It announces the VIPs: it starts after
+haproxy and stops first.  keepalived.conf is 0600: it may hold the VRRP password.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import psutil
 
 from agent import validate
 from agent.daemons.process import Clock, ReloadOutcome, Supervised, read_pid
+from agent.daemons.spec import ConfigFile, Hook
+from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.daemons")
 
@@ -128,3 +131,45 @@ class Keepalived(Supervised):
         if not done:
             return ReloadOutcome(False, f"no 'Reload complete' within {took:.1f}s", took)
         return ReloadOutcome(True, "reload complete", took)
+
+
+def _config_path(settings: Settings) -> Path:
+    return Path(settings.keepalived_config)
+
+
+def _check(path: Path, settings: Settings) -> validate.CheckResult:
+    return check_keepalived(path, binary=settings.keepalived_binary)
+
+
+def _supervised(settings: Settings, before_start: Hook) -> Keepalived:
+    ipvs = ipvs_available()
+    if not ipvs:
+        logging.getLogger("vip-agent").warning(
+            "IPVS is not in this kernel: keepalived runs VRRP only, "
+            "virtual_server blocks are rendered and checked but not programmed"
+        )
+    return Keepalived(
+        binary=settings.keepalived_binary,
+        config=_config_path(settings),
+        run_dir=Path(settings.run_dir),
+        before_start=before_start,
+        ipvs=ipvs,
+    )
+
+
+def _reload_interval(settings: Settings) -> float:
+    return settings.keepalived_reload_interval
+
+
+KEEPALIVED_CONF = ConfigFile(
+    name="keepalived.conf",
+    template="keepalived.conf.j2",
+    mode=0o600,  # may hold the VRRP password
+    daemon="keepalived",
+    unit="keepalived.service",
+    path=_config_path,
+    check=_check,
+    supervised=_supervised,
+    announces=True,
+    reload_interval=_reload_interval,
+)

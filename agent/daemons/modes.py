@@ -6,15 +6,20 @@
   haproxy.service); the agent starts them when they are not running and reloads them
   through systemctl.
 * ``none``: files are written and validated only.
+
+:func:`daemons_for` builds one daemon per file of the list, so a new daemon module is
+run in every mode without an edit here.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from agent.daemons.process import ReloadOutcome
+from agent.daemons.process import Daemon, ReloadOutcome
+from agent.daemons.spec import ConfigFile, Hook
+from agent.settings import Settings
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -73,3 +78,30 @@ class NoDaemon:
 
     def stop(self) -> None:
         return None
+
+
+def _nothing() -> None:
+    return None
+
+
+def daemons_for(
+    settings: Settings,
+    *,
+    files: Iterable[ConfigFile],
+    before_start: Mapping[str, Hook] | None = None,
+) -> dict[str, Daemon]:
+    """Daemon name -> the daemon as ``settings.daemons`` runs it, in the list's order.
+
+    ``before_start`` maps a daemon name to a hook its supervised process runs before
+    each fresh start (``run`` clears VIPs an earlier keepalived left behind).
+    """
+    hooks = before_start or {}
+    daemons: dict[str, Daemon] = {}
+    for f in files:
+        if settings.daemons == "supervise":
+            daemons[f.daemon] = f.supervised(settings, hooks.get(f.daemon, _nothing))
+        elif settings.daemons == "systemd":
+            daemons[f.daemon] = SystemdService(f.daemon, f.unit)
+        else:
+            daemons[f.daemon] = NoDaemon(f.daemon)
+    return daemons
