@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.validate import CheckResult
-
-Validator = Callable[[Path], CheckResult]
+from agent.validate import Validator
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ def render(
 def _render_once(
     output_dir: str | None, strict: bool, config_file: str | None, flags: dict[str, Any]
 ) -> None:
+    from agent.daemons import CONFIG_FILES
+    from agent.daemons.spec import outputs
+
     try:
         settings = load_settings(config_file, flags)
         if not settings.manifests:
@@ -128,7 +131,7 @@ def _render_once(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
     try:
-        files = render_mod.Renderer(template_dirs(settings)).render(state)
+        files = render_mod.Renderer(template_dirs(settings)).render(state, outputs(CONFIG_FILES))
     except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))
         return
@@ -223,56 +226,14 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
         sys.exit(1)
 
 
-def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> dict[str, Any]:
-    from agent import daemons
-
-    run_dir = Path(settings.run_dir)
-    if settings.daemons == "supervise":
-        ipvs = daemons.ipvs_available()
-        if not ipvs:
-            logging.getLogger("vip-agent").warning(
-                "IPVS is not in this kernel: keepalived runs VRRP only, "
-                "virtual_server blocks are rendered and checked but not programmed"
-            )
-        return {
-            "keepalived": daemons.Keepalived(
-                binary=settings.keepalived_binary,
-                config=Path(settings.keepalived_config),
-                run_dir=run_dir,
-                before_start=before_keepalived,
-                ipvs=ipvs,
-            ),
-            "haproxy": daemons.Haproxy(
-                binary=settings.haproxy_binary,
-                config=Path(settings.haproxy_config),
-                run_dir=run_dir,
-            ),
-        }
-    if settings.daemons == "systemd":
-        return {
-            "keepalived": daemons.SystemdService("keepalived", "keepalived.service"),
-            "haproxy": daemons.SystemdService("haproxy", "haproxy.service"),
-        }
-    return {"keepalived": daemons.NoDaemon("keepalived"), "haproxy": daemons.NoDaemon("haproxy")}
-
-
 def build_targets(settings: Settings) -> list[Any]:
-    from agent import validate
+    """Where each daemon module's file is installed, with what mode, checked how."""
     from agent.apply import Target
+    from agent.daemons import CONFIG_FILES
 
     return [
-        Target(
-            name="keepalived.conf",
-            path=Path(settings.keepalived_config),
-            mode=0o600,  # may hold the VRRP password
-            validate=lambda p: validate.check_keepalived(p, binary=settings.keepalived_binary),
-        ),
-        Target(
-            name="haproxy.cfg",
-            path=Path(settings.haproxy_config),
-            mode=0o640,
-            validate=lambda p: validate.check_haproxy(p, binary=settings.haproxy_binary),
-        ),
+        Target(name=f.name, path=f.path(settings), mode=f.mode, validate=f.validator(settings))
+        for f in CONFIG_FILES
     ]
 
 
@@ -286,6 +247,8 @@ def run(config_file: str | None, **flags: Any) -> None:
 
     from agent import logs, netlink
     from agent.core.model import IPAddress
+    from agent.daemons import CONFIG_FILES
+    from agent.daemons.modes import daemons_for
     from agent.reconcile import Agent
     from agent.sources.kube import KubeApi, KubeSource, api_client_for
     from agent.sources.static import ManifestSource, StaticSource, watch_paths
@@ -356,7 +319,9 @@ def run(config_file: str | None, **flags: Any) -> None:
     agent = Agent(
         settings=settings,
         source=source,
-        daemons=build_daemons(settings, clean_stale_vips),
+        daemons=daemons_for(
+            settings, files=CONFIG_FILES, before_start={"keepalived": clean_stale_vips}
+        ),
         targets=build_targets(settings),
         template_dirs=lambda: template_dirs(holder["agent"].settings),
         node_name=node_name,

@@ -5,9 +5,10 @@ so tests and several agents in one process do not share counters.  Names follow 
 Prometheus conventions: ``vip_agent_`` prefix, ``_total`` counters, ``_seconds`` units,
 ``_timestamp_seconds`` for Unix times.
 
-Label values come only from bounded sets the agent defines: daemon and file names,
-result words, rejection reason codes (:class:`agent.core.model.Reason`), VRRP states, and
-instance names of the agent's own grammar.  Text from the cluster (object names, VIPs,
+Label values come only from bounded sets the agent defines: daemon and file names (from
+the daemon modules' :data:`agent.daemons.CONFIG_FILES`), result words, rejection reason
+codes (:class:`agent.core.model.Reason`), VRRP states, and instance names of the agent's
+own grammar.  Text from the cluster (object names, VIPs,
 checker output) never becomes a label value: it would let a cluster user create
 unbounded series, and put arbitrary bytes into the exposition format.
 
@@ -30,7 +31,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,12 +39,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.core.model import DesiredState, Reason
-from agent.daemons import ReloadOutcome
+from agent.daemons import CONFIG_FILES, ConfigFile, ReloadOutcome
 from agent.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
 
 log = logging.getLogger("vip-agent.metrics")
 
-DAEMON_OF_FILE = {"keepalived.conf": "keepalived", "haproxy.cfg": "haproxy"}
 KINDS = frozenset({"ConfigMap", "Service", "EndpointSlice", "Endpoints", "Node"})
 RESOURCES = frozenset({"services", "endpointslices", "endpoints", "configmaps", "nodes"})
 _INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -79,9 +79,13 @@ class Metrics:
         *,
         version: str | None = None,
         wall: Callable[[], float] = time.time,
+        config_files: Sequence[ConfigFile] = CONFIG_FILES,
     ) -> None:
         self.registry = registry
         self.wall = wall
+        self.config_files = tuple(config_files)
+        """The ``file`` and ``daemon`` label values: every file, and the daemon reading it."""
+        self._daemons = frozenset(f.daemon for f in self.config_files)
         self.apiserver_healthy: bool | None = None
         """The prober's last verdict (None until it reported), for the status file."""
         self._listeners: list[Callable[[], None]] = []
@@ -215,8 +219,8 @@ class Metrics:
         if not ok:
             self.reconcile_errors.inc()
             if not self._applied_since_render:  # failed before apply: the template
-                for daemon in DAEMON_OF_FILE.values():
-                    self.renders.labels(daemon=daemon, result="error").inc()
+                for f in self.config_files:
+                    self.renders.labels(daemon=f.daemon, result="error").inc()
         self._applied_since_render = False
 
     def rendered(self, state: DesiredState) -> None:
@@ -234,20 +238,20 @@ class Metrics:
 
     def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None:
         self._applied_since_render = True
-        for name, daemon in DAEMON_OF_FILE.items():
-            if name in errors:
+        for f in self.config_files:
+            if f.name in errors:
                 result = "invalid"
-                self.validation_failures.labels(file=name).inc()
-            elif name in changed:
+                self.validation_failures.labels(file=f.name).inc()
+            elif f.name in changed:
                 result = "changed"
             else:
                 result = "unchanged"
-            self.renders.labels(daemon=daemon, result=result).inc()
+            self.renders.labels(daemon=f.daemon, result=result).inc()
         if not errors:
             self.last_apply.set(self.wall())
 
     def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
-        name = daemon if daemon in DAEMON_OF_FILE.values() else "other"
+        name = daemon if daemon in self._daemons else "other"
         self.reloads.labels(daemon=name, result="ok" if outcome.ok else "failed").inc()
         self.reload_seconds.labels(daemon=name).observe(outcome.seconds)
 

@@ -9,6 +9,9 @@
   joins the same reconcile, so a burst of a thousand EndpointSlice updates renders once
   or twice, not a thousand times.
 * Identical output writes nothing and reloads nothing.
+* Which files are rendered, which daemon a changed file reloads, each daemon's reload
+  throttle and the order daemons start and stop in all come from the daemon modules'
+  :class:`agent.daemons.ConfigFile` list; the code here names no daemon.
 * keepalived reloads are throttled to one per ``keepalived_reload_interval``: a burst of
   changes ends in one reload with the last configuration, never in a stream of SIGHUPs
   (keepalived misbehaves when reloaded in quick succession).  The last change always
@@ -32,12 +35,11 @@ from agent.core import render as render_mod
 from agent.core.model import DesiredState, Rejection
 from agent.core.snapshot import Snapshot
 from agent.core.translate import PlanMemo, translate
-from agent.daemons import Daemon, ReloadOutcome
+from agent.daemons import CONFIG_FILES, ConfigFile, Daemon, ReloadOutcome
+from agent.daemons.spec import outputs, start_order, stop_order
 from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.reconcile")
-
-DAEMON_OF = {"keepalived.conf": "keepalived", "haproxy.cfg": "haproxy"}
 
 
 class Source(Protocol):
@@ -101,6 +103,7 @@ class Agent:
         source: Source,
         daemons: Mapping[str, Daemon],
         targets: Sequence[Target],
+        config_files: Sequence[ConfigFile] = CONFIG_FILES,
         template_dirs: Callable[[], list[Path]],
         node_name: str,
         interface: str,
@@ -115,6 +118,14 @@ class Agent:
         self.source = source
         self.daemons = dict(daemons)
         self.targets = list(targets)
+        self.config_files = tuple(config_files)
+        """What is rendered, and which daemon reads each file (targets say where it goes)."""
+        self._outputs = outputs(self.config_files)
+        self._file = {f.name: f for f in self.config_files}
+        self._daemon = {f.daemon: f for f in self.config_files}
+        unknown = sorted({t.name for t in self.targets} - self._file.keys())
+        if unknown:
+            raise ValueError(f"targets without a daemon module's file: {', '.join(unknown)}")
         self.template_dirs = template_dirs
         self.node_name = node_name
         self.interface = interface
@@ -164,7 +175,7 @@ class Agent:
             except Exception:  # write-back is best effort; the files must still go out
                 log.exception("after_reconcile hook failed")
         try:
-            files = self._renderer().render(state)
+            files = self._renderer().render(state, self._outputs)
         except render_mod.RenderError as err:
             return self._failed(f"render: {err}")
         self.status.renders += 1
@@ -179,7 +190,7 @@ class Agent:
         if result.changed:
             log.info("applied %s", ", ".join(sorted(result.changed)))
         for name in result.changed:
-            daemon = DAEMON_OF.get(name)
+            daemon = self._file[name].daemon
             if daemon in self.daemons:
                 self.status.pending_reloads.add(daemon)
         self._reload_due()
@@ -199,9 +210,7 @@ class Agent:
         return False
 
     def _interval(self, daemon: str) -> float:
-        if daemon == "keepalived":
-            return self.settings.keepalived_reload_interval
-        return 0.0
+        return self._daemon[daemon].reload_interval(self.settings)
 
     def _reload_due(self) -> float | None:
         """Run the pending reloads whose throttle allows; seconds until the next one."""
@@ -257,11 +266,11 @@ class Agent:
 
     def _start_order(self) -> list[Daemon]:
         # haproxy first: when keepalived brings the VIP up, the listeners are ready
-        return [self.daemons[n] for n in ("haproxy", "keepalived") if n in self.daemons]
+        return [self.daemons[n] for n in start_order(self.config_files) if n in self.daemons]
 
     def shutdown(self) -> None:
         """Stop daemons (keepalived first, so peers take the VIPs over at once)."""
         self.source.stop()
-        for name in ("keepalived", "haproxy"):
+        for name in stop_order(self.config_files):
             if name in self.daemons:
                 self.daemons[name].stop()

@@ -1,9 +1,10 @@
-"""The daemons' own configuration checkers: ``keepalived -t -f`` and ``haproxy -c -f``.
+"""Run a daemon's own configuration checker on a file, and say what it answered.
 
-A rendered file is only ever installed after its daemon accepted it.  The
-process runner is injected so callers (and tests) choose how to run it;
-``netns`` runs keepalived's check inside a network namespace, which is how a
-host that lacks the configured interfaces can still check honestly.
+A rendered file is only ever installed after its daemon accepted it.  Each daemon module
+knows its checker's command line (agent.daemons.keepalived: ``keepalived --config-test``,
+agent.daemons.haproxy: ``haproxy -c``); this module is the part they share: run the
+command with a timeout and turn what happened into a :class:`CheckResult`.  The process
+runner is injected so callers (and tests) choose how to run it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ class CheckResult:
     """What the checker printed (stdout and stderr), for the error report."""
 
 
-def _check(argv: Sequence[str], runner: Runner, timeout: float) -> CheckResult:
+Validator = Callable[[Path], CheckResult]
+"""A daemon's check of one file, as apply calls it (the file to check -> its verdict)."""
+
+
+def check(argv: Sequence[str], *, runner: Runner = run, timeout: float = 30.0) -> CheckResult:
+    """Run a checker; a missing binary or a hung checker is a rejection, not a crash."""
     try:
         done = runner(argv, timeout)
     except FileNotFoundError as err:
@@ -38,27 +44,3 @@ def _check(argv: Sequence[str], runner: Runner, timeout: float) -> CheckResult:
         return CheckResult(False, f"{argv[0]}: no answer within {timeout:g}s")
     output = "\n".join(part.strip() for part in (done.stdout, done.stderr) if part.strip())
     return CheckResult(done.returncode == 0, output)
-
-
-def keepalived_argv(
-    path: Path, *, binary: str = "keepalived", netns: str | None = None
-) -> list[str]:
-    argv = [binary, "--config-test", "--use-file", str(path)]
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
-
-
-def check_keepalived(
-    path: Path,
-    *,
-    binary: str = "keepalived",
-    netns: str | None = None,
-    runner: Runner = run,
-    timeout: float = 30.0,
-) -> CheckResult:
-    return _check(keepalived_argv(path, binary=binary, netns=netns), runner, timeout)
-
-
-def check_haproxy(
-    path: Path, *, binary: str = "haproxy", runner: Runner = run, timeout: float = 30.0
-) -> CheckResult:
-    return _check([binary, "-c", "-f", str(path)], runner, timeout)

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent import validate
+from agent.daemons.haproxy import check_haproxy
+from agent.daemons.keepalived import check_keepalived
 
 
 def root_skip_reason() -> str | None:
@@ -65,12 +67,12 @@ class Checkers:
         self.netns.ensure_links(interfaces)
         path = self.tmp / "keepalived.conf"
         path.write_text(text, encoding="utf-8")
-        return validate.check_keepalived(path, netns=self.netns.name)
+        return check_keepalived(path, netns=self.netns.name)
 
     def haproxy(self, text: str) -> validate.CheckResult:
         path = self.tmp / "haproxy.cfg"
         path.write_text(text, encoding="utf-8")
-        return validate.check_haproxy(path)
+        return check_haproxy(path)
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.daemons import read_pid
+from agent.daemons.process import read_pid
 from labkit.netlab import (
     PYTHON,
     Lab,

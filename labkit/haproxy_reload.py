@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import validate
 from agent.apply import Target, apply
 from agent.assets import template_dirs
 from agent.core import render
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
-from agent.daemons import Haproxy
+from agent.daemons.haproxy import Haproxy, check_haproxy
 from agent.settings import Settings
 from labkit.netlab import PYTHON, Lab, interrupt_on_sigterm, ip, wait_for
 from labkit.objects import configmap, endpoint, endpoint_slice, port, service
@@ -89,7 +88,7 @@ def run(
             name="haproxy.cfg",
             path=lb.dir / "haproxy.cfg",
             mode=0o640,
-            validate=validate.check_haproxy,
+            validate=check_haproxy,
         )
 
         renderer = render.Renderer(template_dirs(None))

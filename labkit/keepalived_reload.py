@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import validate
 from agent.apply import Target, apply
 from agent.assets import template_dirs
 from agent.core import render
 from agent.core.snapshot import Snapshot
 from agent.core.translate import priority_for, translate
-from agent.daemons import Keepalived
+from agent.daemons.keepalived import Keepalived, check_keepalived
 from agent.settings import Settings
 from labkit.netlab import Lab, interrupt_on_sigterm, wait_for
 from labkit.objects import configmap, endpoint, endpoint_slice, port, service
@@ -128,7 +127,7 @@ def run(reloads: int) -> dict[str, Any]:
                 name="keepalived.conf",
                 path=config,
                 mode=0o600,
-                validate=lambda p, ns=host.ns: validate.check_keepalived(p, netns=ns),
+                validate=lambda p, ns=host.ns: check_keepalived(p, netns=ns),
             )
             state = translate(cluster(0), settings(name, run_dir), node_name=name, interface="eth0")
             files = renderer.render(state)

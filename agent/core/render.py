@@ -38,7 +38,12 @@ OUTPUTS: Mapping[str, str] = {
     "keepalived.conf": "keepalived.conf.j2",
     "haproxy.cfg": "haproxy.cfg.j2",
 }
-"""The files of the VRRP mode and their templates (file name -> template name)."""
+"""The files of the VRRP mode and their templates (file name -> template name).
+
+The agent asks for the files its daemon modules declare (``agent.daemons.CONFIG_FILES``,
+which the core may not import); this default, kept equal to that list by
+tests/unit/test_daemon_files.py, serves callers that only render (tests, labs, benches).
+"""
 
 # everything settings and translate can produce (auth_pass may hold '+'), nothing that
 # keepalived or haproxy read as syntax: no quotes, braces, '#', '!', '$' or newlines

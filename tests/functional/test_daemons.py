@@ -1,4 +1,4 @@
-"""agent.daemons.Haproxy against a real haproxy in master-worker mode on loopback."""
+"""agent.daemons.haproxy.Haproxy against a real haproxy in master-worker mode on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemons import Haproxy
+from agent.daemons.haproxy import Haproxy
 from labkit.ports import free_port
 from tests.support.requirements import require_binaries
 

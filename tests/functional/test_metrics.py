@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent import validate
 from agent.apply import Target
 from agent.assets import packaged_template_dir
 from agent.core.model import Reason, Rejection
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
-from agent.daemons import Haproxy
+from agent.daemons.haproxy import Haproxy, check_haproxy
+from agent.daemons.keepalived import check_keepalived
 from agent.metrics import REASON_CODES, Metrics
 from agent.reconcile import Agent
 from agent.settings import Settings
@@ -103,9 +103,9 @@ def agent_parts(
                 "keepalived.conf",
                 workdir / "etc" / "keepalived.conf",
                 0o600,
-                lambda p: validate.check_keepalived(p, netns=checkers.netns.name),
+                lambda p: check_keepalived(p, netns=checkers.netns.name),
             ),
-            Target("haproxy.cfg", workdir / "etc" / "haproxy.cfg", 0o640, validate.check_haproxy),
+            Target("haproxy.cfg", workdir / "etc" / "haproxy.cfg", 0o640, check_haproxy),
         ],
         template_dirs=lambda: [workdir / "templates"],
         node_name="n1",

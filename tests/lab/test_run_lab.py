@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.daemons import read_pid
+from agent.daemons.process import read_pid
 from labkit.netlab import Host, Lab, agent_config, start_agent, wait_for
 from labkit.objects import configmap, endpoint, endpoint_slice, port, service
 from tests.conftest import ROOT

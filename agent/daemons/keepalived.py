@@ -1,0 +1,175 @@
+"""keepalived: keepalived.conf, its checker, and keepalived as the agent's child.
+
+keepalived holds the VIPs (VRRP) and programs IPVS (``virtual_server`` blocks).  Under
+``--daemons supervise`` it runs as ``--dont-fork --log-console``; a reload is a SIGHUP,
+confirmed when keepalived logs ``Reload complete`` once per child process (VRRP and
+checkers).  keepalived flaps when reloaded in quick succession, so its reloads are
+throttled (``keepalived_reload_interval``).  It announces the VIPs: it starts after
+haproxy and stops first.  keepalived.conf is 0600: it may hold the VRRP password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from agent import validate
+from agent.daemons.process import Clock, ReloadOutcome, Supervised, read_pid
+from agent.daemons.spec import ConfigFile, Hook
+from agent.settings import Settings
+
+log = logging.getLogger("vip-agent.daemons")
+
+
+def ipvs_available(proc_net: Path = Path("/proc/net")) -> bool:
+    """Is IPVS in this kernel (and network namespace)? Tries loading the module once."""
+    if (proc_net / "ip_vs").exists():
+        return True
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, timeout=10, check=False)
+    return (proc_net / "ip_vs").exists()
+
+
+def keepalived_argv(
+    path: Path, *, binary: str = "keepalived", netns: str | None = None
+) -> list[str]:
+    """keepalived's config test; ``netns`` runs it in a network namespace, which is how a
+    host that lacks the configured interfaces can still check honestly (keepalived
+    rejects a configuration whose interfaces do not exist)."""
+    argv = [binary, "--config-test", "--use-file", str(path)]
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def check_keepalived(
+    path: Path,
+    *,
+    binary: str = "keepalived",
+    netns: str | None = None,
+    runner: validate.Runner = validate.run,
+    timeout: float = 30.0,
+) -> validate.CheckResult:
+    return validate.check(
+        keepalived_argv(path, binary=binary, netns=netns), runner=runner, timeout=timeout
+    )
+
+
+class Keepalived(Supervised):
+    """keepalived as a child of the agent (supervise mode)."""
+
+    name = "keepalived"
+    exe = "keepalived"
+
+    def __init__(
+        self,
+        *,
+        binary: str,
+        config: Path,
+        run_dir: Path,
+        before_start: Callable[[], None] = lambda: None,
+        clock: Clock = time.monotonic,
+        confirm_timeout: float = 5.0,
+        ipvs: bool = True,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            config=config,
+            run_dir=run_dir,
+            pidfile=run_dir / "keepalived.pid",
+            clock=clock,
+            prefix=prefix,
+            before_start=before_start,
+        )
+        self.ipvs = ipvs
+        self.binary = binary
+        self.vrrp_pidfile = run_dir / "keepalived_vrrp.pid"
+        self.checkers_pidfile = run_dir / "keepalived_checkers.pid"
+        self.confirm_timeout = confirm_timeout
+
+    def argv(self) -> list[str]:
+        # Without IPVS in the kernel keepalived's checker child exits FATAL and takes
+        # the VRRP child (and every VIP) down with it: run VRRP alone instead.
+        only_vrrp = [] if self.ipvs else ["--vrrp"]
+        return [
+            *(self.binary, "--dont-fork", "--log-console", "--log-detail", "--no-syslog"),
+            *only_vrrp,
+            *("--use-file", str(self.config), "--pid", str(self.pidfile)),
+            *("--vrrp_pid", str(self.vrrp_pidfile), "--checkers_pid", str(self.checkers_pidfile)),
+        ]
+
+    def _children(self) -> int:
+        count = 0
+        for pidfile in (self.vrrp_pidfile, self.checkers_pidfile):
+            pid = read_pid(pidfile)
+            if pid is not None and psutil.pid_exists(pid):
+                count += 1
+        return max(count, 1)
+
+    def reload(self) -> ReloadOutcome:
+        started = time.monotonic()
+        if not self.child.alive():
+            return ReloadOutcome(False, "keepalived is not running", 0.0)
+        expected = self._children()
+        with self.child.cond:
+            mark = self.child.reloads_completed
+            self.child.signal(signal.SIGHUP)
+            if self.child.popen is None:
+                # adopted: its output went to the agent that started it, so only
+                # "still alive after the signal" can be confirmed
+                return ReloadOutcome(True, "signalled (adopted, unconfirmed)", 0.0)
+            done = self.child.cond.wait_for(
+                lambda: self.child.reloads_completed - mark >= expected,
+                timeout=self.confirm_timeout,
+            )
+        took = time.monotonic() - started
+        if not done:
+            return ReloadOutcome(False, f"no 'Reload complete' within {took:.1f}s", took)
+        return ReloadOutcome(True, "reload complete", took)
+
+
+def _config_path(settings: Settings) -> Path:
+    return Path(settings.keepalived_config)
+
+
+def _check(path: Path, settings: Settings) -> validate.CheckResult:
+    return check_keepalived(path, binary=settings.keepalived_binary)
+
+
+def _supervised(settings: Settings, before_start: Hook) -> Keepalived:
+    ipvs = ipvs_available()
+    if not ipvs:
+        logging.getLogger("vip-agent").warning(
+            "IPVS is not in this kernel: keepalived runs VRRP only, "
+            "virtual_server blocks are rendered and checked but not programmed"
+        )
+    return Keepalived(
+        binary=settings.keepalived_binary,
+        config=_config_path(settings),
+        run_dir=Path(settings.run_dir),
+        before_start=before_start,
+        ipvs=ipvs,
+    )
+
+
+def _reload_interval(settings: Settings) -> float:
+    return settings.keepalived_reload_interval
+
+
+KEEPALIVED_CONF = ConfigFile(
+    name="keepalived.conf",
+    template="keepalived.conf.j2",
+    mode=0o600,  # may hold the VRRP password
+    daemon="keepalived",
+    unit="keepalived.service",
+    path=_config_path,
+    check=_check,
+    supervised=_supervised,
+    announces=True,
+    reload_interval=_reload_interval,
+)

@@ -1,0 +1,277 @@
+"""What every daemon the agent runs shares: pidfiles, signals, supervision, confirmed reloads.
+
+The daemon modules beside this one (keepalived.py, haproxy.py) hold what differs: the
+command line, how a reload is confirmed, the configuration file and its checker.  This
+module is the part that does not care which daemon it runs (as Neutron's
+``external_process.py`` sits beside its ``keepalived.py``):
+
+* :class:`Supervised` (``--daemons supervise``: DaemonSet, static pod): the agent starts
+  the daemon as its child, restarts it with backoff when it dies, and stops it on SIGTERM
+  so keepalived releases the VIPs at once.  A restarted agent first *adopts* a daemon
+  still running from before (pidfile + psutil check that the pid really is that daemon
+  with our config), so a crash of the agent never flaps a VIP.
+* Daemon output is piped through the agent's log; keepalived and haproxy ignore SIGPIPE,
+  so they keep running (unlogged) if the agent dies.
+* :class:`Daemon` is what the agent's loop asks of every run mode (this one, and the
+  ``systemd`` and ``none`` modes of agent.daemons.modes); :class:`ReloadOutcome` is what
+  a reload reports: confirmed, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import psutil
+
+log = logging.getLogger("vip-agent.daemons")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class Daemon(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Adopt a running instance or start one (no-op for modes without processes)."""
+
+    def reload(self) -> ReloadOutcome:
+        """Make the daemon read its configuration file again, and confirm it did."""
+
+    def supervise(self) -> None:
+        """Called periodically: restart a dead child (with backoff)."""
+
+    def stop(self) -> None:
+        """Stop it (supervise mode) so VIPs are released; others: nothing."""
+
+    def running(self) -> bool: ...
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        text = pidfile.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def verified_process(pidfile: Path, exe: str, config: Path) -> psutil.Process | None:
+    """The process in ``pidfile`` if it really is ``exe`` running ``config`` (pids get reused)."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = proc.cmdline()
+        names = {proc.name(), Path(cmdline[0]).name if cmdline else ""}
+        if exe not in names or str(config) not in cmdline:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+class Backoff:
+    """Restart delays 0.5 s doubling to 30 s; back to 0.5 s once a child ran 5 s.
+
+    A daemon that dies within seconds of starting is crash-looping (a bad binary, a
+    missing capability) and must not be restarted in a hot loop; one that ran for a
+    while and was killed should come back at once, because the VIP is waiting for it.
+    """
+
+    def __init__(
+        self, clock: Clock, first: float = 0.5, cap: float = 30.0, healthy_after: float = 5.0
+    ) -> None:
+        self.clock, self.first, self.cap, self.healthy_after = clock, first, cap, healthy_after
+        self.delay = first
+        self.not_before = 0.0
+
+    def died(self, started_at: float) -> None:
+        if self.clock() - started_at >= self.healthy_after:
+            self.delay = self.first
+        self.not_before = self.clock() + self.delay
+        self.delay = min(self.delay * 2, self.cap)
+
+    def ready(self) -> bool:
+        return self.clock() >= self.not_before
+
+
+class Child:
+    """A supervised process: spawned by us (Popen) or adopted (psutil)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.adopted: psutil.Process | None = None
+        self.started_at = 0.0
+        self.lines: list[str] = []
+        """The last 200 lines of output, for error reports."""
+        self.reloads_completed = 0
+        """keepalived's "Reload complete" lines seen so far (one per child per reload)."""
+        self.cond = threading.Condition()
+
+    @property
+    def pid(self) -> int | None:
+        if self.popen is not None:
+            return self.popen.pid
+        return self.adopted.pid if self.adopted is not None else None
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        if self.adopted is not None:
+            try:
+                return bool(self.adopted.is_running()) and (
+                    self.adopted.status() != psutil.STATUS_ZOMBIE
+                )
+            except psutil.NoSuchProcess:
+                return False
+        return False
+
+    def spawn(self, argv: Sequence[str], clock: Clock) -> None:
+        # A session of its own: a Ctrl-C meant for the agent does not reach the
+        # daemon; the agent forwards SIGTERM itself so keepalived releases VIPs.
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.adopted = None
+        self.started_at = clock()
+        assert self.popen.stdout is not None
+        threading.Thread(
+            target=self._pump, args=(self.popen.stdout,), name=f"{self.name}-log", daemon=True
+        ).start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            log.info("%s: %s", self.name, line)
+            with self.cond:
+                self.lines.append(line)
+                del self.lines[:-200]
+                if "Reload complete" in line:
+                    self.reloads_completed += 1
+                self.cond.notify_all()
+
+    def signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            if self.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout=0.02)
+            else:
+                time.sleep(0.02)
+        return not self.alive()
+
+    def terminate(self, grace: float) -> None:
+        self.signal(signal.SIGTERM)
+        if not self.wait(grace):
+            self.signal(signal.SIGKILL)
+            self.wait(2.0)
+
+
+def _nothing() -> None:
+    return None
+
+
+class Supervised:
+    """Start-or-adopt, restart with backoff, stop: what every supervised daemon shares.
+
+    A daemon module subclasses it with its ``name``, ``exe`` (the process name an
+    adoption checks for), :meth:`argv` and a ``reload`` that confirms the reload its
+    own way.
+    """
+
+    name = ""
+    exe = ""
+
+    def __init__(
+        self,
+        *,
+        config: Path,
+        run_dir: Path,
+        pidfile: Path,
+        clock: Clock,
+        prefix: Sequence[str],
+        before_start: Callable[[], None] = _nothing,
+    ) -> None:
+        self.prefix = list(prefix)
+        """Prepended to the command, e.g. ``ip netns exec NS`` (tests, the failover lab)."""
+        self.before_start = before_start
+        """Run before a fresh start, not before an adoption (keepalived: clear stale VIPs)."""
+        self.config = config
+        self.run_dir = run_dir
+        self.pidfile = pidfile
+        self.clock = clock
+        self.child = Child(self.name)
+        self.backoff = Backoff(clock)
+        self.wanted = False
+        self.death_noticed = False
+        self.restarts = 0
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.wanted = True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        running = verified_process(self.pidfile, self.exe, self.config)
+        if running is not None:
+            log.info("%s: adopted running pid %d, no restart", self.name, running.pid)
+            self.child.adopted, self.child.popen = running, None
+            self.child.started_at = self.clock()
+            return
+        self.before_start()
+        self.child.spawn([*self.prefix, *self.argv()], self.clock)
+        log.info("%s: started pid %s", self.name, self.child.pid)
+
+    def running(self) -> bool:
+        return self.child.alive()
+
+    def supervise(self) -> None:
+        if not self.wanted or self.child.alive():
+            return
+        if not self.death_noticed:
+            self.death_noticed = True
+            self.backoff.died(self.child.started_at)
+            log.warning(
+                "%s: pid %s exited; restarting in %.1fs",
+                self.name,
+                self.child.pid,
+                max(0.0, self.backoff.not_before - self.clock()),
+            )
+        if self.backoff.ready():
+            self.death_noticed = False
+            self.restarts += 1
+            self.start()
+
+    def stop(self) -> None:
+        self.wanted = False
+        self.child.terminate(grace=5.0)
