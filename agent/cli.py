@@ -17,8 +17,9 @@ from agent import assets
 from agent import settings as settings_mod
 from agent.apply import write_file
 from agent.core import render as render_mod
+from agent.core.model import IPAddress
 from agent.core.translate import translate
-from agent.settings import Settings, SettingsError
+from agent.settings import Daemons, Settings, SettingsError
 from agent.sources.manifests import ManifestError, load_snapshot
 
 F = Callable[..., Any]
@@ -156,7 +157,7 @@ def settings_reference() -> str:
         flag = "--" + f.name.replace("_", "-")
         if scalar is bool:
             flag = f"{flag}/--no-{f.name.replace('_', '-')}"
-        default = f.default
+        default = settings_mod.display(f.default)
         shown = ", ".join(default) if isinstance(default, tuple) else default
         shown = "(none)" if shown in (None, "", ()) else f"`{shown}`"
         env = f"{settings_mod.ENV_PREFIX}{f.name.upper()}"
@@ -227,7 +228,7 @@ def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> 
     from agent import daemons
 
     run_dir = Path(settings.run_dir)
-    if settings.daemons == "supervise":
+    if settings.daemons is Daemons.SUPERVISE:
         ipvs = daemons.ipvs_available()
         if not ipvs:
             logging.getLogger("vip-agent").warning(
@@ -248,7 +249,7 @@ def build_daemons(settings: Settings, before_keepalived: Callable[[], None]) -> 
                 run_dir=run_dir,
             ),
         }
-    if settings.daemons == "systemd":
+    if settings.daemons is Daemons.SYSTEMD:
         return {
             "keepalived": daemons.SystemdService("keepalived", "keepalived.service"),
             "haproxy": daemons.SystemdService("haproxy", "haproxy.service"),
@@ -280,12 +281,10 @@ def build_targets(settings: Settings) -> list[Any]:
 @settings_options
 def run(config_file: str | None, **flags: Any) -> None:
     """Keep this node's keepalived and haproxy configuration current, and the daemons running."""
-    import ipaddress
     import signal
     import threading
 
     from agent import logs, netlink
-    from agent.core.model import IPAddress
     from agent.reconcile import Agent
     from agent.sources.kube import KubeApi, KubeSource, api_client_for
     from agent.sources.static import ManifestSource, StaticSource, watch_paths
@@ -300,8 +299,8 @@ def run(config_file: str | None, **flags: Any) -> None:
     logs.setup(settings.log_format, secrets=[settings.auth_pass or ""])
     node_name = node_name_of(settings)
     interface = settings.interface
-    if interface is None and settings.node_address:
-        interface = netlink.interface_for(ipaddress.ip_address(settings.node_address))
+    if interface is None and settings.node_address is not None:
+        interface = netlink.interface_for(settings.node_address)
     if interface is None:
         fail("setting interface is required (or node_address, to find it)")
         return
@@ -341,7 +340,7 @@ def run(config_file: str | None, **flags: Any) -> None:
             {v for i in state.instances for v in (*i.vips, *i.excluded_vips)} if state else set()
         )
         managed |= netlink.vips_in_config(Path(settings.keepalived_config))
-        keep = {ipaddress.ip_address(settings.node_address)} if settings.node_address else set()
+        keep = {settings.node_address} if settings.node_address is not None else set()
         removed = netlink.remove_stale_vips(interface, managed, keep)
         if removed:
             logging.getLogger("vip-agent").warning(
@@ -394,7 +393,7 @@ def run(config_file: str | None, **flags: Any) -> None:
     logging.getLogger("vip-agent").info(
         "starting: node=%s interface=%s daemons=%s", node_name, interface, settings.daemons
     )
-    if settings.control_plane_vip:
+    if settings.control_plane_vip is not None:
         from agent import health
 
         vip = settings.control_plane_vip
@@ -440,13 +439,10 @@ def probe_config(settings: Settings, *, insecure: bool = False) -> Any:
     )
 
 
-def holds(vip: str) -> Callable[[], bool]:
-    import ipaddress
-
+def holds(vip: IPAddress) -> Callable[[], bool]:
     from agent import netlink
 
-    address = ipaddress.ip_address(vip)
-    return lambda: netlink.interface_for(address) is not None
+    return lambda: netlink.interface_for(vip) is not None
 
 
 @main.command("check-apiserver")

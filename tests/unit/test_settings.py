@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
         "eth1",
         2.0,
         True,
-        ("198.51.100.2",),
+        (ip_address("198.51.100.2"),),
     )
     env = {"VIP_AGENT_INTERFACE": "eth2", "VIP_AGENT_UNICAST_PEERS": "198.51.100.3,198.51.100.4"}
     s = load(flags={}, environ=env, config_file=cfg)
-    assert s.interface == "eth2" and s.unicast_peers == ("198.51.100.3", "198.51.100.4")
+    assert s.interface == "eth2"
+    assert s.unicast_peers == (ip_address("198.51.100.3"), ip_address("198.51.100.4"))
     s = load(flags={"interface": "eth3", "unicast": False}, environ=env, config_file=cfg)
     assert s.interface == "eth3" and s.unicast is False
     assert s.scheduler == Settings().scheduler

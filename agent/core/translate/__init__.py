@@ -54,8 +54,6 @@ VRRP layout, and why it is stable
 
 from __future__ import annotations
 
-import ipaddress
-
 from agent.core.model import DesiredState, IPAddress, NodeSet, Protocol, Reason
 from agent.core.snapshot import Snapshot
 from agent.core.translate.common import Rejections
@@ -111,9 +109,7 @@ def translate(
     memo.turn()
     rej = Rejections()
     nodes = node_view(snapshot, settings, node_name=node_name, rej=rej)
-    cp_vip = (
-        ipaddress.ip_address(settings.control_plane_vip) if settings.control_plane_vip else None
-    )
+    cp_vip = settings.control_plane_vip
     lb_requests, service_vips = service_requests(snapshot, rej)
     requests = configmap_requests(snapshot, settings, rej) + lb_requests
     claims = _Claims(cp_vip, settings.control_plane_port)
