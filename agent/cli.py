@@ -17,6 +17,7 @@ from agent import assets
 from agent import settings as settings_mod
 from agent.apply import write_file
 from agent.core import render as render_mod
+from agent.core.model import IPAddress
 from agent.core.translate import translate
 from agent.settings import Settings, SettingsError
 from agent.sources.manifests import ManifestError, load_snapshot
@@ -159,7 +160,7 @@ def settings_reference() -> str:
         flag = "--" + f.name.replace("_", "-")
         if scalar is bool:
             flag = f"{flag}/--no-{f.name.replace('_', '-')}"
-        default = f.default
+        default = settings_mod.display(f.default)
         shown = ", ".join(default) if isinstance(default, tuple) else default
         shown = "(none)" if shown in (None, "", ()) else f"`{shown}`"
         env = f"{settings_mod.ENV_PREFIX}{f.name.upper()}"
@@ -241,12 +242,10 @@ def build_targets(settings: Settings) -> list[Any]:
 @settings_options
 def run(config_file: str | None, **flags: Any) -> None:
     """Keep this node's keepalived and haproxy configuration current, and the daemons running."""
-    import ipaddress
     import signal
     import threading
 
     from agent import logs, netlink
-    from agent.core.model import IPAddress
     from agent.daemons import CONFIG_FILES
     from agent.daemons.modes import daemons_for
     from agent.reconcile import Agent
@@ -263,8 +262,8 @@ def run(config_file: str | None, **flags: Any) -> None:
     logs.setup(settings.log_format, secrets=[settings.auth_pass or ""])
     node_name = node_name_of(settings)
     interface = settings.interface
-    if interface is None and settings.node_address:
-        interface = netlink.interface_for(ipaddress.ip_address(settings.node_address))
+    if interface is None and settings.node_address is not None:
+        interface = netlink.interface_for(settings.node_address)
     if interface is None:
         fail("setting interface is required (or node_address, to find it)")
         return
@@ -308,7 +307,7 @@ def run(config_file: str | None, **flags: Any) -> None:
             {v for i in state.instances for v in (*i.vips, *i.excluded_vips)} if state else set()
         )
         managed |= netlink.vips_in_config(Path(settings.keepalived_config))
-        keep = {ipaddress.ip_address(settings.node_address)} if settings.node_address else set()
+        keep = {settings.node_address} if settings.node_address is not None else set()
         removed = netlink.remove_stale_vips(interface, managed, keep)
         if removed:
             logging.getLogger("vip-agent").warning(
@@ -359,7 +358,7 @@ def run(config_file: str | None, **flags: Any) -> None:
     logging.getLogger("vip-agent").info(
         "starting: node=%s interface=%s daemons=%s", node_name, interface, settings.daemons
     )
-    if settings.control_plane_vip:
+    if settings.control_plane_vip is not None:
         from agent import health
 
         vip = settings.control_plane_vip
@@ -405,13 +404,10 @@ def probe_config(settings: Settings, *, insecure: bool = False) -> Any:
     )
 
 
-def holds(vip: str) -> Callable[[], bool]:
-    import ipaddress
-
+def holds(vip: IPAddress) -> Callable[[], bool]:
     from agent import netlink
 
-    address = ipaddress.ip_address(vip)
-    return lambda: netlink.interface_for(address) is not None
+    return lambda: netlink.interface_for(vip) is not None
 
 
 @main.command("check-apiserver")

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.apply import replace_file
+from agent.core.model import IPAddress
 
 log = logging.getLogger("vip-agent.health")
 
@@ -102,7 +103,7 @@ def probe(config: ProbeConfig) -> ProbeResult:
 
 
 def check(
-    config: ProbeConfig, *, vip: str | None, holds_vip: Callable[[], bool], vip_port: int
+    config: ProbeConfig, *, vip: IPAddress | None, holds_vip: Callable[[], bool], vip_port: int
 ) -> ProbeResult:
     """The local apiserver, and through the VIP too when this node holds it."""
     local = probe(config)
@@ -115,8 +116,8 @@ def check(
     return ProbeResult(True, f"{local.reason}; through the VIP: HTTP 200")
 
 
-def _via(url: str, vip: str, port: int) -> str:
-    host = f"[{vip}]" if ":" in vip else vip
+def _via(url: str, vip: IPAddress, port: int) -> str:
+    host = f"[{vip}]" if vip.version == 6 else str(vip)
     return urlsplit(url)._replace(netloc=f"{host}:{port}").geturl()
 
 

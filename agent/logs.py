@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
+from agent.settings import LogFormat
+
 _BEARER = re.compile(r"(?i)(bearer\s+|token[=:]\s*)[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -63,10 +65,10 @@ class JsonFormatter(TextFormatter):
         return self.redact(json.dumps(out))
 
 
-def setup(fmt: str, *, secrets: Iterable[str] = (), level: int = logging.INFO) -> None:
+def setup(fmt: LogFormat, *, secrets: Iterable[str] = (), level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     redact = _Redactor(secrets)
-    handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
+    handler.setFormatter(JsonFormatter(redact) if fmt == LogFormat.JSON else TextFormatter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

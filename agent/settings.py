@@ -9,32 +9,41 @@ documentation (it feeds ``--help`` and the README's configuration reference).
 Settings come from the operator, not the cluster, but they are still parsed
 strictly: a bad value stops the agent with a message naming the setting and
 where it came from, before anything is rendered.
+
+Each value is parsed once, into its type, by the parser its field names
+(``setting(default, doc, parse=...)``): an address becomes an ``ipaddress``
+object, a choice an enum, a label selector a ``Selector``, and so on, so no
+consumer parses a setting again.  Parsing happens in two steps.  Loading reads
+a flag, a variable or a YAML value as the parser's ``kind`` (str, int, float or
+bool, the flag's type; a list for ``many``), and a value of the wrong kind names
+where it came from.  Making ``Settings`` then runs every field's parser (which
+also takes a value that already has the field's type, unchanged, so
+``Settings(control_plane_vip="192.0.2.10")`` and ``dataclasses.replace`` work
+alike), and last the few rules between settings in ``_check_together``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import ipaddress
 import re
-import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
+from agent.core.addresses import reserved_reason
 from agent.core.grammar import DNS_LABEL, DNS_SUBDOMAIN, IFNAME, LABEL_KEY, LABEL_VALUE
+from agent.core.model import IPAddress
 
 ENV_PREFIX = "VIP_AGENT_"
 DEFAULT_CONFIG_FILE = "/etc/vip-agent/config.yaml"
 
-# keepalived's parser treats '#' and '!' as comments and splits on white space;
-# a PASS password is at most 8 characters on the wire.
-_AUTH_PASS = re.compile(r"^[A-Za-z0-9_.,+=/-]{1,8}$")
-_PATH = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
 # The IPVS schedulers of the kernels keepalived runs on (Debian 12's 6.1 has these;
 # "twos" arrived in 6.2, and keepalived silently leaves out a virtual server whose
 # scheduler module is missing, so it is not accepted).
@@ -42,465 +51,152 @@ SCHEDULERS = frozenset(
     {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 )
 
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.StrEnum)
+
 
 class SettingsError(ValueError):
     """A setting has a value the agent cannot use."""
 
 
-def _doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"doc": text, **extra}
+class Invalid(ValueError):
+    """A parser's verdict on one value: the value to show and why it cannot be used."""
+
+    def __init__(self, value: object, why: str) -> None:
+        super().__init__(why)
+        self.value = value
+        self.why = why
+
+
+# --- the types settings are parsed into ------------------------------------------------
+
+
+class Daemons(enum.StrEnum):
+    """Who runs keepalived and haproxy."""
+
+    SUPERVISE = "supervise"  # the agent, as its children
+    SYSTEMD = "systemd"  # systemd, as system services the agent reloads
+    NONE = "none"  # nobody: the agent writes and validates the files only
+
+
+class HealthMode(enum.StrEnum):
+    """What a failing apiserver does to the control-plane instance."""
+
+    WEIGHT = "weight"  # lowers its priority: some node always holds the VIP
+    FAULT = "fault"  # puts it in FAULT: no node holds the VIP when every apiserver fails
+
+
+class RealServerCheck(enum.StrEnum):
+    """The check keepalived runs on TCP real servers."""
+
+    TCP = "tcp"
+    NONE = "none"
+
+
+class LogFormat(enum.StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 @dataclass(frozen=True)
-class Settings:
-    # --- identity --------------------------------------------------------
-    node_name: str | None = field(
-        default=None,
-        metadata=_doc("Name of this node's Node object; else NODE_NAME, then the hostname."),
-    )
-    node_address: str | None = field(
-        default=None,
-        metadata=_doc(
-            "This node's address for VRRP (unicast_src_ip). Default: from its Node object, "
-            "in the order of node_address_types."
-        ),
-    )
-    node_address_types: tuple[str, ...] = field(
-        default=("InternalIP", "ExternalIP"),
-        metadata=_doc("Node address types tried in order when reading a Node's address."),
-    )
-    interface: str | None = field(
-        default=None,
-        metadata=_doc(
-            "Interface that carries the VIPs and the VRRP adverts. Default: the one holding "
-            "node_address (live agent); required for a dry run without it."
-        ),
-    )
-    # --- sources ---------------------------------------------------------
-    configmap: str = field(
-        default="kube-system/vip-configmap",
-        metadata=_doc("NAMESPACE/NAME of the keepalived-vip style vip-configmap."),
-    )
-    kubernetes: bool = field(
-        default=True,
-        metadata=_doc(
-            "Watch a Kubernetes API server. Off: static mode, only the control-plane VIP "
-            "and static peers/backends from settings (works before the cluster exists)."
-        ),
-    )
-    kubeconfig: str | None = field(
-        default=None,
-        metadata=_doc("kubeconfig file; default: in-cluster service account, then ~/.kube/config."),
-    )
-    node_selector: str = field(
-        default="",
-        metadata=_doc(
-            "Label selector (k=v,k2,!k3) for nodes that may hold service VIPs; empty = all nodes."
-        ),
-    )
-    control_plane_selector: str = field(
-        default="node-role.kubernetes.io/control-plane",
-        metadata=_doc("Label selector for nodes that may hold the control-plane VIP."),
-    )
-    pool_configmap: str = field(
-        default="kube-system/kubevip",
-        metadata=_doc(
-            "NAMESPACE/NAME of the address-pool ConfigMap (kube-vip-cloud-provider's format: "
-            "cidr-global, range-global, cidr-<namespace>, range-<namespace>). When it exists, "
-            "Services may only claim addresses in their namespace's pools."
-        ),
-    )
-    allocation: bool = field(
-        default=True,
-        metadata=_doc(
-            "Give LoadBalancer Services that ask for no address the lowest free address of "
-            "their pools (one agent at a time, through a Lease). Off: leave that to "
-            "kube-vip-cloud-provider."
-        ),
-    )
-    templates: str | None = field(
-        default=None,
-        metadata=_doc("Directory with your own copies of keepalived.conf.j2 / haproxy.cfg.j2."),
-    )
-    # --- VRRP ------------------------------------------------------------
-    vrrp_version: int = field(
-        default=3,
-        metadata=_doc(
-            "VRRP version 2 or 3. 3 allows sub-second advert_int and IPv6; 2 allows auth_pass. "
-            "IPv6 instances always use 3."
-        ),
-    )
-    advert_int: float = field(
-        default=1.0,
-        metadata=_doc("VRRP advertisement interval in seconds (integer with VRRPv2)."),
-    )
-    unicast: bool = field(
-        default=False,
-        metadata=_doc("Send VRRP adverts unicast to the other eligible nodes, not multicast."),
-    )
-    unicast_peers: tuple[str, ...] = field(
-        default=(),
-        metadata=_doc("Static unicast peer addresses, used when no Node objects are known."),
-    )
-    auth_pass: str | None = field(
-        default=None,
-        metadata=_doc("VRRPv2 PASS authentication (1-8 characters); never logged.", secret=True),
-    )
-    spread: bool = field(
-        default=False,
-        metadata=_doc(
-            "One VRRP instance per service VIP, preferred owner spread across nodes, instead of "
-            "one instance per address family holding every service VIP."
-        ),
-    )
-    virtual_router_id: int = field(
-        default=52,
-        metadata=_doc("virtual_router_id of the shared service instance (spread off)."),
-    )
-    virtual_router_id_range: str = field(
-        default="1-255",
-        metadata=_doc(
-            "Range of virtual_router_ids hashed to per-VIP instances (spread on); the two fixed "
-            "ids above are never used for them."
-        ),
-    )
-    track_interfaces: tuple[str, ...] = field(
-        default=(),
-        metadata=_doc("Extra interfaces whose failure puts the instances in FAULT."),
-    )
-    garp_master_delay: int = field(
-        default=5,
-        metadata=_doc("Seconds after becoming MASTER to send the second gratuitous ARP burst."),
-    )
-    garp_master_refresh: int = field(
-        default=5,
-        metadata=_doc(
-            "While MASTER, announce the VIPs again (gratuitous ARP, unsolicited NA) every this "
-            "many seconds; 0: never. After a partition heals, the master that stays may send "
-            "nothing, and clients keep the other node's MAC until their ARP entry expires "
-            "(up to a minute); kube-vip re-announces every 3 s."
-        ),
-    )
-    # --- IPVS ------------------------------------------------------------
-    scheduler: str = field(
-        default="rr",
-        metadata=_doc(
-            "Default IPVS scheduler (lb_algo); per Service: annotation vip-agent.io/scheduler."
-        ),
-    )
-    real_server_check: str = field(
-        default="tcp",
-        metadata=_doc(
-            "Check keepalived runs on TCP real servers: tcp or none. UDP and SCTP real servers "
-            "get none (endpoint readiness already filters them)."
-        ),
-    )
-    check_interval: int = field(
-        default=5,
-        metadata=_doc("Seconds between real-server checks (delay_loop)."),
-    )
-    # --- control plane ---------------------------------------------------
-    control_plane_vip: str | None = field(
-        default=None,
-        metadata=_doc("The control-plane VIP (kubeadm --control-plane-endpoint); unset: none."),
-    )
-    control_plane_port: int = field(
-        default=8443,
-        metadata=_doc("haproxy frontend port on the control-plane VIP."),
-    )
-    control_plane_backend_port: int = field(
-        default=6443,
-        metadata=_doc("apiserver port on each control-plane node."),
-    )
-    control_plane_backends: tuple[str, ...] = field(
-        default=(),
-        metadata=_doc(
-            "Static apiserver backends, ADDRESS or NAME=ADDRESS; empty: the control-plane Nodes."
-        ),
-    )
-    control_plane_virtual_router_id: int = field(
-        default=51,
-        metadata=_doc("virtual_router_id of the control-plane instance."),
-    )
-    apiserver_ca_file: str | None = field(
-        default=None,
-        metadata=_doc(
-            "CA bundle haproxy verifies the apiservers' /readyz certificate with; unset: no "
-            "verification (the check still needs TLS and HTTP 200)."
-        ),
-    )
-    apiserver_url: str = field(
-        default="https://127.0.0.1:6443/readyz",
-        metadata=_doc("The local apiserver's health endpoint the prober and check-apiserver GET."),
-    )
-    apiserver_client_cert: str | None = field(
-        default=None, metadata=_doc("Client certificate for the apiserver health check.")
-    )
-    apiserver_client_key: str | None = field(
-        default=None, metadata=_doc("Key of apiserver_client_cert.")
-    )
-    apiserver_token_file: str | None = field(
-        default=None,
-        metadata=_doc("File holding a bearer token for the health check; never logged."),
-    )
-    health_interval: float = field(
-        default=0.1, metadata=_doc("Seconds between two apiserver probes.")
-    )
-    health_timeout: float = field(
-        default=0.5, metadata=_doc("A probe without an answer within this many seconds fails.")
-    )
-    health_fall: int = field(
-        default=2, metadata=_doc("Consecutive failed probes before the apiserver counts as down.")
-    )
-    health_rise: int = field(
-        default=3, metadata=_doc("Consecutive good probes before it counts as up again.")
-    )
-    control_plane_advert_int: float | None = field(
-        default=None,
-        metadata=_doc(
-            "advert_int of the control-plane instance; default 0.1 s with VRRPv3 (a dead or "
-            "demoted master is replaced in about 0.35 s), 1 s with VRRPv2."
-        ),
-    )
-    control_plane_garp_master_refresh: int = field(
-        default=1,
-        metadata=_doc(
-            "garp_master_refresh of the control-plane instance: one address, which every "
-            "kubelet needs back within a second after a partition heals."
-        ),
-    )
-    health_file: str = field(
-        default="/run/vip-agent/apiserver.health",
-        metadata=_doc("keepalived track_file the apiserver prober writes (0 healthy, 1 failing)."),
-    )
-    health_mode: str = field(
-        default="weight",
-        metadata=_doc(
-            "What a failing apiserver does to the control-plane instance: weight (lower the "
-            "priority below every healthy node; if all fail, one node still holds the VIP) "
-            "or fault (drop the VIP; if all fail, no node holds it)."
-        ),
-    )
-    # --- haproxy ---------------------------------------------------------
-    haproxy_stats_socket: str = field(
-        default="/run/vip-agent/haproxy.sock",
-        metadata=_doc("haproxy admin socket (expose-fd listeners, used for seamless reloads)."),
-    )
-    haproxy_hard_stop_after: int = field(
-        default=900,
-        metadata=_doc("Seconds an old haproxy worker may drain connections after a reload."),
-    )
-    vrrp_notify_fifo: str | None = field(
-        default="/run/vip-agent/vrrp.fifo",
-        metadata=_doc("FIFO keepalived writes VRRP state changes to; unset: none."),
-    )
-    # --- run -------------------------------------------------------------
-    manifests: tuple[str, ...] = field(
-        default=(),
-        metadata=_doc(
-            "Read cluster objects from these YAML/JSON files, directories or - (stdin) instead "
-            "of an API server; vip-agent run watches them for edits."
-        ),
-    )
-    run_dir: str = field(
-        default="/run/vip-agent",
-        metadata=_doc("Pidfiles and sockets of the supervised daemons."),
-    )
-    keepalived_binary: str = field(default="keepalived", metadata=_doc("keepalived to run."))
-    haproxy_binary: str = field(default="haproxy", metadata=_doc("haproxy to run."))
-    keepalived_reload_interval: float = field(
-        default=1.0,
-        metadata=_doc(
-            "Least seconds between two keepalived reloads; changes in between are applied "
-            "together when it has passed (the last one always lands)."
-        ),
-    )
-    coalesce_seconds: float = field(
-        default=0.1,
-        metadata=_doc("Events within this window after the first are rendered together."),
-    )
-    keepalived_config: str = field(
-        default="/etc/keepalived/keepalived.conf",
-        metadata=_doc("Where vip-agent run writes keepalived.conf."),
-    )
-    haproxy_config: str = field(
-        default="/etc/haproxy/haproxy.cfg",
-        metadata=_doc("Where vip-agent run writes haproxy.cfg."),
-    )
-    daemons: str = field(
-        default="supervise",
-        metadata=_doc("Who runs keepalived and haproxy: supervise, systemd or none."),
-    )
-    metrics_address: str = field(
-        default="0.0.0.0:9808",
-        metadata=_doc("HOST:PORT for Prometheus metrics, /healthz and /readyz."),
-    )
-    log_format: str = field(
-        default="text",
-        metadata=_doc("Log lines as key=value text or json."),
-    )
+class ObjectRef:
+    """A namespaced Kubernetes object, written ``NAMESPACE/NAME``."""
+
+    namespace: str
+    """A DNS label."""
+    name: str
+    """A DNS subdomain."""
 
     def __post_init__(self) -> None:
-        _validate(self)
+        if not (DNS_LABEL.match(self.namespace) and DNS_SUBDOMAIN.match(self.name)):
+            raise ValueError("expected NAMESPACE/NAME")
 
-    @property
-    def cp_advert_int(self) -> float:
-        if self.control_plane_advert_int is not None:
-            return self.control_plane_advert_int
-        # a backup takes over after 3 adverts + skew: 0.1 s keeps a failover under a second
-        return 0.1 if self.vrrp_version == 3 else 1.0
+    @classmethod
+    def parse(cls, text: str) -> ObjectRef:
+        namespace, _, name = text.partition("/")
+        return cls(namespace, name)
 
-    @property
-    def configmap_ref(self) -> tuple[str, str]:
-        namespace, _, name = self.configmap.partition("/")
-        return namespace, name
-
-    @property
-    def pool_configmap_ref(self) -> tuple[str, str]:
-        namespace, _, name = self.pool_configmap.partition("/")
-        return namespace, name
-
-    @functools.cached_property
-    def hashed_vrids(self) -> tuple[int, ...]:
-        """The ids per-VIP instances are hashed into: the range less the two fixed ids."""
-        low, _, high = self.virtual_router_id_range.partition("-")
-        fixed = {self.virtual_router_id, self.control_plane_virtual_router_id}
-        return tuple(i for i in range(int(low), int(high) + 1) if i not in fixed)
-
-    def redacted(self) -> dict[str, Any]:
-        """The settings as a dict with secrets replaced, safe to log."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = "<redacted>" if f.metadata.get("secret") and value else value
-        return out
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
-def fields() -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(Settings)
+@dataclass(frozen=True)
+class VridRange:
+    """The virtual_router_ids per-VIP instances are hashed into, written ``LOW-HIGH``."""
+
+    low: int
+    """The first id, 1 or more."""
+    high: int
+    """The last id (included), above ``low`` and at most 255."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.low < self.high <= 255:
+            raise ValueError("expected LOW-HIGH in 1-255")
+
+    @classmethod
+    def parse(cls, text: str) -> VridRange:
+        found = re.fullmatch(r"([0-9]+)-([0-9]+)", text)
+        if found is None:
+            raise ValueError("expected LOW-HIGH in 1-255")
+        return cls(int(found[1]), int(found[2]))
+
+    def ids(self) -> range:
+        return range(self.low, self.high + 1)
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
 
 
-def _fail(name: str, value: object, why: str) -> typing.NoReturn:
-    shown = "<redacted>" if name == "auth_pass" else repr(value)
-    raise SettingsError(f"setting {name}={shown}: {why}")
+@dataclass(frozen=True)
+class Backend:
+    """A static apiserver backend, written ``ADDRESS`` or ``NAME=ADDRESS``."""
+
+    name: str | None
+    """haproxy's name for the server, a DNS name; None: one made from the address."""
+    address: IPAddress
+    """Where the apiserver listens, on control_plane_backend_port."""
+
+    def __post_init__(self) -> None:
+        _check_backend_name(self.name)
+
+    @classmethod
+    def parse(cls, text: str) -> Backend:
+        name, eq, address = text.rpartition("=")
+        _check_backend_name(name if eq else None)  # the name first, as it is written first
+        return cls(name if eq else None, _address(address))
+
+    def __str__(self) -> str:
+        return str(self.address) if self.name is None else f"{self.name}={self.address}"
 
 
-def _check_ip(name: str, value: str) -> None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        _fail(name, value, "not an IP address")
-
-
-def _validate(s: Settings) -> None:
-    if s.vrrp_version not in (2, 3):
-        _fail("vrrp_version", s.vrrp_version, "must be 2 or 3")
-    if s.vrrp_version == 2 and s.advert_int != int(s.advert_int):
-        _fail("advert_int", s.advert_int, "VRRPv2 needs whole seconds; use vrrp_version 3")
-    if not 0.01 <= s.advert_int <= 255:
-        _fail("advert_int", s.advert_int, "must be between 0.01 and 255 seconds")
-    if s.auth_pass is not None:
-        if not _AUTH_PASS.match(s.auth_pass):
-            _fail("auth_pass", s.auth_pass, "1-8 characters from [A-Za-z0-9_.,+=/-]")
-        if s.vrrp_version != 2:
-            _fail("auth_pass", s.auth_pass, "VRRPv3 has no authentication; set vrrp_version 2")
-    for name in ("interface",):
-        value = getattr(s, name)
-        if value is not None and not IFNAME.match(value):
-            _fail(name, value, "not a Linux interface name")
-    for ifname in s.track_interfaces:
-        if not IFNAME.match(ifname):
-            _fail("track_interfaces", ifname, "not a Linux interface name")
-    for ref_name in ("configmap", "pool_configmap"):
-        namespace, _, name = getattr(s, ref_name).partition("/")
-        if not (DNS_LABEL.match(namespace) and DNS_SUBDOMAIN.match(name)):
-            _fail(ref_name, getattr(s, ref_name), "expected NAMESPACE/NAME")
-    low, sep, high = s.virtual_router_id_range.partition("-")
-    if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) < int(high) <= 255):
-        _fail("virtual_router_id_range", s.virtual_router_id_range, "expected LOW-HIGH in 1-255")
-    for name in ("virtual_router_id", "control_plane_virtual_router_id"):
-        value = getattr(s, name)
-        if not 1 <= value <= 255:
-            _fail(name, value, "must be 1-255")
-    if s.virtual_router_id == s.control_plane_virtual_router_id:
-        _fail("virtual_router_id", s.virtual_router_id, "same as control_plane_virtual_router_id")
-    if s.scheduler not in SCHEDULERS:
-        _fail("scheduler", s.scheduler, f"one of {', '.join(sorted(SCHEDULERS))}")
-    if s.real_server_check not in ("tcp", "none"):
-        _fail("real_server_check", s.real_server_check, "tcp or none")
-    if not 1 <= s.check_interval <= 3600:
-        _fail("check_interval", s.check_interval, "1-3600 seconds")
-    if not 0 <= s.garp_master_delay <= 255:
-        _fail("garp_master_delay", s.garp_master_delay, "0-255 seconds")
-    for name in ("garp_master_refresh", "control_plane_garp_master_refresh"):
-        if not 0 <= getattr(s, name) <= 86400:
-            _fail(name, getattr(s, name), "0-86400 seconds")
-    for name in ("control_plane_port", "control_plane_backend_port"):
-        if not 1 <= getattr(s, name) <= 65535:
-            _fail(name, getattr(s, name), "not a port (1-65535)")
-    if s.control_plane_vip is not None:
-        _check_ip("control_plane_vip", s.control_plane_vip)
-    if s.node_address is not None:
-        _check_ip("node_address", s.node_address)
-    for peer in s.unicast_peers:
-        _check_ip("unicast_peers", peer)
-    for backend in s.control_plane_backends:
-        bname, eq, addr = backend.rpartition("=")
-        if eq and not DNS_SUBDOMAIN.match(bname):
-            _fail("control_plane_backends", backend, "NAME must be a DNS name")
-        _check_ip("control_plane_backends", addr)
-    for name in (
-        "health_file",
-        "haproxy_stats_socket",
-        "apiserver_ca_file",
-        "vrrp_notify_fifo",
-        "apiserver_client_cert",
-        "apiserver_client_key",
-        "apiserver_token_file",
-    ):
-        value = getattr(s, name)
-        if value is not None and not _PATH.match(value):
-            _fail(name, value, "must be an absolute path of [A-Za-z0-9_./@+-]")
-    if s.health_mode not in ("weight", "fault"):
-        _fail("health_mode", s.health_mode, "weight or fault")
-    if not 0 <= s.haproxy_hard_stop_after <= 86400:
-        _fail("haproxy_hard_stop_after", s.haproxy_hard_stop_after, "0-86400 seconds")
-    if s.daemons not in ("supervise", "systemd", "none"):
-        _fail("daemons", s.daemons, "supervise, systemd or none")
-    if not 0.01 <= s.health_interval <= 60:
-        _fail("health_interval", s.health_interval, "0.01-60 seconds")
-    if not 0.01 <= s.health_timeout <= 60:
-        _fail("health_timeout", s.health_timeout, "0.01-60 seconds")
-    for name in ("health_fall", "health_rise"):
-        if not 1 <= getattr(s, name) <= 100:
-            _fail(name, getattr(s, name), "1-100")
-    if not s.apiserver_url.startswith("https://"):
-        _fail("apiserver_url", s.apiserver_url, "must be https://HOST[:PORT]/PATH")
-    cp_advert = s.cp_advert_int
-    if s.vrrp_version == 2 and cp_advert != int(cp_advert):
-        _fail("control_plane_advert_int", cp_advert, "VRRPv2 needs whole seconds")
-    if not 0.01 <= cp_advert <= 255:
-        _fail("control_plane_advert_int", cp_advert, "0.01-255 seconds")
-    if not 0 <= s.keepalived_reload_interval <= 300:
-        _fail("keepalived_reload_interval", s.keepalived_reload_interval, "0-300 seconds")
-    if not 0 <= s.coalesce_seconds <= 60:
-        _fail("coalesce_seconds", s.coalesce_seconds, "0-60 seconds")
-    if not _PATH.match(s.run_dir):
-        _fail("run_dir", s.run_dir, "must be an absolute path of [A-Za-z0-9_./@+-]")
-    if s.log_format not in ("text", "json"):
-        _fail("log_format", s.log_format, "text or json")
-    _host, sep, port = s.metrics_address.rpartition(":")
-    if not (sep and port.isdigit() and 0 <= int(port) <= 65535):
-        _fail("metrics_address", s.metrics_address, "expected HOST:PORT")
-    for selector_name in ("node_selector", "control_plane_selector"):
-        try:
-            parse_selector(getattr(s, selector_name))
-        except ValueError as err:
-            _fail(selector_name, getattr(s, selector_name), str(err))
+def _check_backend_name(name: str | None) -> None:
+    if name is not None and not DNS_SUBDOMAIN.match(name):
+        raise ValueError("NAME must be a DNS name")
 
 
 Requirement = tuple[str, str, str]
 """(key, operator, value): operator is '=', '!=', 'exists' or '!exists'."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    """An equality-based label selector (``k=v,k!=v,k,!k``); empty selects everything."""
+
+    text: str
+    """As written: ``vip-agent settings`` shows it back unchanged."""
+    requirements: tuple[Requirement, ...] = field(init=False, compare=False)
+    """What ``text`` says, each of which a node's labels must meet."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requirements", parse_selector(self.text))
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(_meets(requirement, labels) for requirement in self.requirements)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def parse_selector(text: str) -> tuple[Requirement, ...]:
@@ -526,84 +222,677 @@ def parse_selector(text: str) -> tuple[Requirement, ...]:
     return tuple(out)
 
 
-def selector_matches(selector: tuple[Requirement, ...], labels: Mapping[str, str]) -> bool:
-    for key, op, value in selector:
-        if op == "exists" and key not in labels:
-            return False
-        if op == "!exists" and key in labels:
-            return False
-        if op == "=" and labels.get(key) != value:
-            return False
-        if op == "!=" and labels.get(key) == value:
-            return False
-    return True
+def _meets(requirement: Requirement, labels: Mapping[str, str]) -> bool:
+    key, op, value = requirement
+    if op == "exists":
+        return key in labels
+    if op == "!exists":
+        return key not in labels
+    if op == "=":
+        return labels.get(key) == value
+    return labels.get(key) != value
+
+
+# --- reading a value as a flag's type ------------------------------------------------
+
+
+def _read_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+def _read_int(raw: object) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not an integer")
+    return int(str(raw).strip())
+
+
+def _read_float(raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not a number")
+    return float(str(raw).strip())
+
+
+def _read_str(raw: object) -> str:
+    if raw is None or isinstance(raw, dict | list):
+        raise ValueError(f"{raw!r} is not a string")
+    return str(raw)
+
+
+_READ: dict[type, Callable[[object], object]] = {
+    bool: _read_bool,
+    int: _read_int,
+    float: _read_float,
+    str: _read_str,
+}
+
+
+def _items(raw: object) -> list[object]:
+    """A list setting's items: comma-separated text, or a YAML list (or tuple)."""
+    if isinstance(raw, str):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if isinstance(raw, list | tuple):
+        return list(raw)
+    raise ValueError("expected a list")
+
+
+# --- the parsers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parser(Generic[T]):
+    """How one setting is read, and what its value must be."""
+
+    kind: type
+    """What a flag, an environment variable or a YAML value is read as before ``parse``:
+    str, int, float or bool (the flag's type)."""
+    parse: Callable[[object], T]
+    """A value of ``kind`` (or of the setting's type: returned unchanged) -> the setting's
+    type.  Raises Invalid, or ValueError for the whole value, saying why not."""
+    many: bool = False
+    """A list of ``kind``: comma-separated text, a YAML list or a repeated flag."""
+
+
+def setting(default: T, doc: str, *, parse: Parser[T], secret: bool = False) -> T:
+    """A Settings field: its default, its documentation and its parser."""
+    return field(default=default, metadata={"doc": doc, "parse": parse, "secret": secret})
+
+
+def _listed(item: Parser[T]) -> Parser[tuple[T, ...]]:
+    def parse(raw: object) -> tuple[T, ...]:
+        return tuple(item.parse(one) for one in _items(raw))
+
+    return Parser(item.kind, parse, many=True)
+
+
+def _optional(inner: Parser[T]) -> Parser[T | None]:
+    def parse(raw: object) -> T | None:
+        return None if raw is None else inner.parse(raw)
+
+    return Parser(inner.kind, parse)
+
+
+def _ints(low: int, high: int, why: str) -> Parser[int]:
+    def parse(raw: object) -> int:
+        value = _read_int(raw)
+        if not low <= value <= high:
+            raise Invalid(value, why)
+        return value
+
+    return Parser(int, parse)
+
+
+def _floats(low: float, high: float, why: str) -> Parser[float]:
+    def parse(raw: object) -> float:
+        value = _read_float(raw)
+        if not low <= value <= high:  # NaN compares false: rejected too
+            raise Invalid(value, why)
+        return value
+
+    return Parser(float, parse)
+
+
+def _matching(pattern: re.Pattern[str], why: str) -> Parser[str]:
+    def parse(raw: object) -> str:
+        text = _read_str(raw)
+        if not pattern.match(text):
+            raise Invalid(text, why)
+        return text
+
+    return Parser(str, parse)
+
+
+def _choice(kind: type[E]) -> Parser[E]:
+    values = [member.value for member in kind]
+    why = f"{', '.join(values[:-1])} or {values[-1]}"
+
+    def parse(raw: object) -> E:
+        try:
+            return kind(_read_str(raw))
+        except ValueError:
+            raise Invalid(raw, why) from None
+
+    return Parser(str, parse)
+
+
+def _record(kind: type[T], from_text: Callable[[str], T]) -> Parser[T]:
+    """A value of ``kind`` as it is, or text ``from_text`` turns into one."""
+
+    def parse(raw: object) -> T:
+        if isinstance(raw, kind):
+            return raw
+        text = _read_str(raw)
+        try:
+            return from_text(text)
+        except Invalid:
+            raise
+        except ValueError as err:
+            raise Invalid(text, str(err)) from None
+
+    return Parser(str, parse)
+
+
+def _address(raw: object) -> IPAddress:
+    if isinstance(raw, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return raw
+    text = _read_str(raw)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise Invalid(text, "not an IP address") from None
+
+
+def _scheduler(raw: object) -> str:
+    text = _read_str(raw)
+    if text not in SCHEDULERS:
+        raise Invalid(text, f"one of {', '.join(sorted(SCHEDULERS))}")
+    return text
+
+
+def _listen_address(raw: object) -> str:
+    text = _read_str(raw)
+    _host, sep, port = text.rpartition(":")
+    if not (sep and port.isdigit() and 0 <= int(port) <= 65535):
+        raise Invalid(text, "expected HOST:PORT")
+    return text
+
+
+def _vip(raw: object) -> IPAddress:
+    """An address that may be a VIP: never a reserved form (agent.core.addresses)."""
+    address = _address(raw)
+    why = reserved_reason(address)
+    if why is not None:
+        raise Invalid(str(address), f"{why}; never a VIP")
+    return address
+
+
+_TEXT = Parser(str, _read_str)
+_BOOL = Parser(bool, _read_bool)
+_ADDRESS = Parser(str, _address)
+_VIP = Parser(str, _vip)
+_INTERFACE = _matching(IFNAME, "not a Linux interface name")
+# keepalived's parser treats '#' and '!' as comments and splits on white space;
+# a PASS password is at most 8 characters on the wire.
+_AUTH_PASS = _matching(
+    re.compile(r"^[A-Za-z0-9_.,+=/-]{1,8}$"), "1-8 characters from [A-Za-z0-9_.,+=/-]"
+)
+_ABSOLUTE_PATH = _matching(
+    re.compile(r"^/[A-Za-z0-9_./@+-]*$"), "must be an absolute path of [A-Za-z0-9_./@+-]"
+)
+_HTTPS_URL = _matching(re.compile(r"^https://"), "must be https://HOST[:PORT]/PATH")
+_SCHEDULER = Parser(str, _scheduler)
+_LISTEN = Parser(str, _listen_address)
+_VRID = _ints(1, 255, "must be 1-255")
+_PORT = _ints(1, 65535, "not a port (1-65535)")
+_UP_TO_A_DAY = _ints(0, 86400, "0-86400 seconds")
+_PROBE_SECONDS = _floats(0.01, 60, "0.01-60 seconds")
+_PROBES = _ints(1, 100, "1-100")
+_OBJECT_REF = _record(ObjectRef, ObjectRef.parse)
+_VRID_RANGE = _record(VridRange, VridRange.parse)
+_SELECTOR = _record(Selector, Selector)
+_BACKEND = _record(Backend, Backend.parse)
+
+
+# --- the settings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- identity --------------------------------------------------------
+    node_name: str | None = setting(
+        None,
+        "Name of this node's Node object; else NODE_NAME, then the hostname.",
+        parse=_optional(_TEXT),
+    )
+    node_address: IPAddress | None = setting(
+        None,
+        "This node's address for VRRP (unicast_src_ip). Default: from its Node object, "
+        "in the order of node_address_types.",
+        parse=_optional(_ADDRESS),
+    )
+    node_address_types: tuple[str, ...] = setting(
+        ("InternalIP", "ExternalIP"),
+        "Node address types tried in order when reading a Node's address.",
+        parse=_listed(_TEXT),
+    )
+    interface: str | None = setting(
+        None,
+        "Interface that carries the VIPs and the VRRP adverts. Default: the one holding "
+        "node_address (live agent); required for a dry run without it.",
+        parse=_optional(_INTERFACE),
+    )
+    # --- sources ---------------------------------------------------------
+    configmap: ObjectRef = setting(
+        ObjectRef("kube-system", "vip-configmap"),
+        "NAMESPACE/NAME of the keepalived-vip style vip-configmap.",
+        parse=_OBJECT_REF,
+    )
+    pool_configmap: ObjectRef = setting(
+        ObjectRef("kube-system", "kubevip"),
+        "NAMESPACE/NAME of the address-pool ConfigMap (kube-vip-cloud-provider's format: "
+        "cidr-global, range-global, cidr-<namespace>, range-<namespace>). When it exists, "
+        "Services may only claim addresses in their namespace's pools.",
+        parse=_OBJECT_REF,
+    )
+    allocation: bool = setting(
+        True,
+        "Give LoadBalancer Services that ask for no address the lowest free address of "
+        "their pools (one agent at a time, through a Lease). Off: leave that to "
+        "kube-vip-cloud-provider.",
+        parse=_BOOL,
+    )
+    lease: ObjectRef = setting(
+        ObjectRef("kube-system", "vip-agent-ipam"),
+        "NAMESPACE/NAME of the coordination.k8s.io Lease that elects the one agent which "
+        "allocates addresses and reports Events.",
+        parse=_OBJECT_REF,
+    )
+    lease_duration: float = setting(
+        5.0,
+        "Seconds without a renewal after which another agent takes the Lease over.",
+        parse=_floats(1, 300, "1-300 seconds"),
+    )
+    lease_renew_deadline: float = setting(
+        3.0,
+        "The holder stops acting when it could not renew for this long (below lease_duration).",
+        parse=_floats(0.5, 300, "0.5-300 seconds"),
+    )
+    lease_retry_period: float = setting(
+        1.0,
+        "Seconds between two attempts to acquire or renew the Lease.",
+        parse=_floats(0.1, 60, "0.1-60 seconds"),
+    )
+    kubernetes: bool = setting(
+        True,
+        "Watch a Kubernetes API server. Off: static mode, only the control-plane VIP "
+        "and static peers/backends from settings (works before the cluster exists).",
+        parse=_BOOL,
+    )
+    kubeconfig: str | None = setting(
+        None,
+        "kubeconfig file; default: in-cluster service account, then ~/.kube/config.",
+        parse=_optional(_TEXT),
+    )
+    node_selector: Selector = setting(
+        Selector(""),
+        "Label selector (k=v,k2,!k3) for nodes that may hold service VIPs; empty = all nodes.",
+        parse=_SELECTOR,
+    )
+    control_plane_selector: Selector = setting(
+        Selector("node-role.kubernetes.io/control-plane"),
+        "Label selector for nodes that may hold the control-plane VIP.",
+        parse=_SELECTOR,
+    )
+    templates: str | None = setting(
+        None,
+        "Directory with your own copies of keepalived.conf.j2 / haproxy.cfg.j2.",
+        parse=_optional(_TEXT),
+    )
+    # --- VRRP ------------------------------------------------------------
+    vrrp_version: int = setting(
+        3,
+        "VRRP version 2 or 3. 3 allows sub-second advert_int and IPv6; 2 allows auth_pass. "
+        "IPv6 instances always use 3.",
+        parse=_ints(2, 3, "must be 2 or 3"),
+    )
+    advert_int: float = setting(
+        1.0,
+        "VRRP advertisement interval in seconds (integer with VRRPv2).",
+        parse=_floats(0.01, 255, "must be between 0.01 and 255 seconds"),
+    )
+    unicast: bool = setting(
+        False,
+        "Send VRRP adverts unicast to the other eligible nodes, not multicast.",
+        parse=_BOOL,
+    )
+    unicast_peers: tuple[IPAddress, ...] = setting(
+        (),
+        "Static unicast peer addresses, used when no Node objects are known.",
+        parse=_listed(_ADDRESS),
+    )
+    auth_pass: str | None = setting(
+        None,
+        "VRRPv2 PASS authentication (1-8 characters); never logged.",
+        parse=_optional(_AUTH_PASS),
+        secret=True,
+    )
+    spread: bool = setting(
+        False,
+        "One VRRP instance per service VIP, preferred owner spread across nodes, instead of "
+        "one instance per address family holding every service VIP.",
+        parse=_BOOL,
+    )
+    virtual_router_id: int = setting(
+        52,
+        "virtual_router_id of the shared service instance (spread off).",
+        parse=_VRID,
+    )
+    virtual_router_id_range: VridRange = setting(
+        VridRange(1, 255),
+        "Range of virtual_router_ids hashed to per-VIP instances (spread on); the two fixed "
+        "ids above are never used for them.",
+        parse=_VRID_RANGE,
+    )
+    track_interfaces: tuple[str, ...] = setting(
+        (),
+        "Extra interfaces whose failure puts the instances in FAULT.",
+        parse=_listed(_INTERFACE),
+    )
+    garp_master_delay: int = setting(
+        5,
+        "Seconds after becoming MASTER to send the second gratuitous ARP burst.",
+        parse=_ints(0, 255, "0-255 seconds"),
+    )
+    garp_master_refresh: int = setting(
+        5,
+        "While MASTER, announce the VIPs again (gratuitous ARP, unsolicited NA) every this "
+        "many seconds; 0: never. After a partition heals, the master that stays may send "
+        "nothing, and clients keep the other node's MAC until their ARP entry expires "
+        "(up to a minute); kube-vip re-announces every 3 s.",
+        parse=_UP_TO_A_DAY,
+    )
+    # --- IPVS ------------------------------------------------------------
+    scheduler: str = setting(
+        "rr",
+        "Default IPVS scheduler (lb_algo); per Service: annotation vip-agent.io/scheduler.",
+        parse=_SCHEDULER,
+    )
+    real_server_check: RealServerCheck = setting(
+        RealServerCheck.TCP,
+        "Check keepalived runs on TCP real servers: tcp or none. UDP and SCTP real servers "
+        "get none (endpoint readiness already filters them).",
+        parse=_choice(RealServerCheck),
+    )
+    check_interval: int = setting(
+        5,
+        "Seconds between real-server checks (delay_loop).",
+        parse=_ints(1, 3600, "1-3600 seconds"),
+    )
+    # --- control plane ---------------------------------------------------
+    control_plane_vip: IPAddress | None = setting(
+        None,
+        "The control-plane VIP (kubeadm --control-plane-endpoint); unset: none.",
+        parse=_optional(_VIP),
+    )
+    control_plane_port: int = setting(
+        8443,
+        "haproxy frontend port on the control-plane VIP.",
+        parse=_PORT,
+    )
+    control_plane_backend_port: int = setting(
+        6443,
+        "apiserver port on each control-plane node.",
+        parse=_PORT,
+    )
+    control_plane_backends: tuple[Backend, ...] = setting(
+        (),
+        "Static apiserver backends, ADDRESS or NAME=ADDRESS; empty: the control-plane Nodes.",
+        parse=_listed(_BACKEND),
+    )
+    control_plane_virtual_router_id: int = setting(
+        51,
+        "virtual_router_id of the control-plane instance.",
+        parse=_VRID,
+    )
+    apiserver_ca_file: str | None = setting(
+        None,
+        "CA bundle haproxy verifies the apiservers' /readyz certificate with; unset: no "
+        "verification (the check still needs TLS and HTTP 200).",
+        parse=_optional(_ABSOLUTE_PATH),
+    )
+    apiserver_url: str = setting(
+        "https://127.0.0.1:6443/readyz",
+        "The local apiserver's health endpoint the prober and check-apiserver GET.",
+        parse=_HTTPS_URL,
+    )
+    apiserver_client_cert: str | None = setting(
+        None,
+        "Client certificate for the apiserver health check.",
+        parse=_optional(_ABSOLUTE_PATH),
+    )
+    apiserver_client_key: str | None = setting(
+        None,
+        "Key of apiserver_client_cert.",
+        parse=_optional(_ABSOLUTE_PATH),
+    )
+    apiserver_token_file: str | None = setting(
+        None,
+        "File holding a bearer token for the health check; never logged.",
+        parse=_optional(_ABSOLUTE_PATH),
+    )
+    health_interval: float = setting(
+        0.1,
+        "Seconds between two apiserver probes.",
+        parse=_PROBE_SECONDS,
+    )
+    health_timeout: float = setting(
+        0.5,
+        "A probe without an answer within this many seconds fails.",
+        parse=_PROBE_SECONDS,
+    )
+    health_fall: int = setting(
+        2,
+        "Consecutive failed probes before the apiserver counts as down.",
+        parse=_PROBES,
+    )
+    health_rise: int = setting(
+        3,
+        "Consecutive good probes before it counts as up again.",
+        parse=_PROBES,
+    )
+    control_plane_advert_int: float | None = setting(
+        None,
+        "advert_int of the control-plane instance; default 0.1 s with VRRPv3 (a dead or "
+        "demoted master is replaced in about 0.35 s), 1 s with VRRPv2.",
+        parse=_optional(_floats(0.01, 255, "0.01-255 seconds")),
+    )
+    control_plane_garp_master_refresh: int = setting(
+        1,
+        "garp_master_refresh of the control-plane instance: one address, which every "
+        "kubelet needs back within a second after a partition heals.",
+        parse=_UP_TO_A_DAY,
+    )
+    health_file: str = setting(
+        "/run/vip-agent/apiserver.health",
+        "keepalived track_file the apiserver prober writes (0 healthy, 1 failing).",
+        parse=_ABSOLUTE_PATH,
+    )
+    health_mode: HealthMode = setting(
+        HealthMode.WEIGHT,
+        "What a failing apiserver does to the control-plane instance: weight (lower the "
+        "priority below every healthy node; if all fail, one node still holds the VIP) "
+        "or fault (drop the VIP; if all fail, no node holds it).",
+        parse=_choice(HealthMode),
+    )
+    # --- haproxy ---------------------------------------------------------
+    haproxy_stats_socket: str = setting(
+        "/run/vip-agent/haproxy.sock",
+        "haproxy admin socket (expose-fd listeners, used for seamless reloads).",
+        parse=_ABSOLUTE_PATH,
+    )
+    haproxy_hard_stop_after: int = setting(
+        900,
+        "Seconds an old haproxy worker may drain connections after a reload.",
+        parse=_UP_TO_A_DAY,
+    )
+    vrrp_notify_fifo: str | None = setting(
+        "/run/vip-agent/vrrp.fifo",
+        "FIFO keepalived writes VRRP state changes to; unset: none.",
+        parse=_optional(_ABSOLUTE_PATH),
+    )
+    # --- run -------------------------------------------------------------
+    manifests: tuple[str, ...] = setting(
+        (),
+        "Read cluster objects from these YAML/JSON files, directories or - (stdin) instead "
+        "of an API server; vip-agent run watches them for edits.",
+        parse=_listed(_TEXT),
+    )
+    run_dir: str = setting(
+        "/run/vip-agent",
+        "Pidfiles and sockets of the supervised daemons.",
+        parse=_ABSOLUTE_PATH,
+    )
+    keepalived_binary: str = setting(
+        "keepalived",
+        "keepalived to run.",
+        parse=_TEXT,
+    )
+    haproxy_binary: str = setting(
+        "haproxy",
+        "haproxy to run.",
+        parse=_TEXT,
+    )
+    keepalived_reload_interval: float = setting(
+        1.0,
+        "Least seconds between two keepalived reloads; changes in between are applied "
+        "together when it has passed (the last one always lands).",
+        parse=_floats(0, 300, "0-300 seconds"),
+    )
+    coalesce_seconds: float = setting(
+        0.1,
+        "Events within this window after the first are rendered together.",
+        parse=_floats(0, 60, "0-60 seconds"),
+    )
+    keepalived_config: str = setting(
+        "/etc/keepalived/keepalived.conf",
+        "Where vip-agent run writes keepalived.conf.",
+        parse=_TEXT,
+    )
+    haproxy_config: str = setting(
+        "/etc/haproxy/haproxy.cfg",
+        "Where vip-agent run writes haproxy.cfg.",
+        parse=_TEXT,
+    )
+    daemons: Daemons = setting(
+        Daemons.SUPERVISE,
+        "Who runs keepalived and haproxy: supervise, systemd or none.",
+        parse=_choice(Daemons),
+    )
+    metrics_address: str = setting(
+        "0.0.0.0:9808",
+        "HOST:PORT for Prometheus metrics, /healthz and /readyz.",
+        parse=_LISTEN,
+    )
+    log_format: LogFormat = setting(
+        LogFormat.TEXT,
+        "Log lines as key=value text or json.",
+        parse=_choice(LogFormat),
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            raw = getattr(self, f.name)
+            try:
+                value = f.metadata["parse"].parse(raw)
+            except Invalid as err:
+                _fail(f.name, err.value, err.why)
+            except (TypeError, ValueError) as err:
+                _fail(f.name, raw, str(err))
+            object.__setattr__(self, f.name, value)
+        _check_together(self)
+
+    @property
+    def cp_advert_int(self) -> float:
+        if self.control_plane_advert_int is not None:
+            return self.control_plane_advert_int
+        # a backup takes over after 3 adverts + skew: 0.1 s keeps a failover under a second
+        return 0.1 if self.vrrp_version == 3 else 1.0
+
+    @property
+    def configmap_ref(self) -> tuple[str, str]:
+        return self.configmap.namespace, self.configmap.name
+
+    @property
+    def pool_configmap_ref(self) -> tuple[str, str]:
+        return self.pool_configmap.namespace, self.pool_configmap.name
+
+    @functools.cached_property
+    def hashed_vrids(self) -> tuple[int, ...]:
+        """The ids per-VIP instances are hashed into: the range less the two fixed ids."""
+        fixed = {self.virtual_router_id, self.control_plane_virtual_router_id}
+        return tuple(i for i in self.virtual_router_id_range.ids() if i not in fixed)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict of plain values (text for parsed ones) with secrets
+        replaced, safe to log and to print as YAML."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "<redacted>" if f.metadata["secret"] and value else display(value)
+        return out
+
+
+def _check_together(s: Settings) -> None:
+    """The rules between settings, once each has been parsed on its own."""
+    if s.vrrp_version == 2 and not s.advert_int.is_integer():
+        _fail("advert_int", s.advert_int, "VRRPv2 needs whole seconds; use vrrp_version 3")
+    if s.auth_pass is not None and s.vrrp_version != 2:
+        _fail("auth_pass", s.auth_pass, "VRRPv3 has no authentication; set vrrp_version 2")
+    if s.virtual_router_id == s.control_plane_virtual_router_id:
+        _fail("virtual_router_id", s.virtual_router_id, "same as control_plane_virtual_router_id")
+    if s.vrrp_version == 2 and not s.cp_advert_int.is_integer():
+        _fail("control_plane_advert_int", s.cp_advert_int, "VRRPv2 needs whole seconds")
+    # client-go's rule: the holder must give up before anyone else may take over
+    if not s.lease_retry_period < s.lease_renew_deadline < s.lease_duration:
+        _fail(
+            "lease_renew_deadline",
+            s.lease_renew_deadline,
+            "must lie between lease_retry_period and lease_duration",
+        )
+
+
+def _fail(name: str, value: object, why: str) -> typing.NoReturn:
+    secret = Settings.__dataclass_fields__[name].metadata["secret"]
+    shown = "<redacted>" if secret else repr(value)
+    raise SettingsError(f"setting {name}={shown}: {why}")
+
+
+def fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Settings)
+
+
+def _parser(name: str) -> Parser[Any]:
+    parser: Parser[Any] = Settings.__dataclass_fields__[name].metadata["parse"]
+    return parser
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """(kind, many) of a setting: what its flag, variable and YAML value are read as, and
+    whether it is a list."""
+    parser = _parser(name)
+    return parser.kind, parser.many
+
+
+def display(value: object) -> object:
+    """A setting's value as plain data, each parsed value as the text it is written as."""
+    if isinstance(value, tuple):
+        return tuple(display(item) for item in value)
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    return str(value)
 
 
 # --- loading ------------------------------------------------------------------
 
 
-@functools.cache
-def _type_hints() -> dict[str, Any]:
-    # evaluating every annotation is slow; the CLI asks once per option of every command
-    return typing.get_type_hints(Settings)
-
-
-def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(scalar type, is_tuple) of a field annotation such as ``tuple[str, ...]``."""
-    hint = annotation
-    if isinstance(annotation, str):
-        hint = _type_hints()[annotation]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return typing.get_args(hint)[0], True
-    return hint, False
-
-
-def field_type(name: str) -> tuple[type, bool]:
-    return _base_type(name)
-
-
 def _coerce(name: str, raw: object, source: str) -> object:
-    scalar, is_tuple = _base_type(name)
+    """``raw`` read as the setting's kind (not yet parsed), or an error naming ``source``."""
+    parser = _parser(name)
+    read = _READ[parser.kind]
     try:
-        if is_tuple:
-            items: list[object]
-            if isinstance(raw, str):
-                items = [part.strip() for part in raw.split(",") if part.strip()]
-            elif isinstance(raw, list | tuple):
-                items = list(raw)
-            else:
-                raise ValueError("expected a list")
-            return tuple(_scalar(scalar, item) for item in items)
+        if parser.many:
+            return tuple(read(item) for item in _items(raw))
         if raw is None:
             return None
-        return _scalar(scalar, raw)
+        return read(raw)
     except (TypeError, ValueError) as err:
         raise SettingsError(f"setting {name} from {source}: {err}") from None
-
-
-def _scalar(kind: type, raw: object) -> object:
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{raw!r} is not a boolean")
-    if kind is int:
-        if isinstance(raw, bool):
-            raise ValueError(f"{raw!r} is not an integer")
-        return int(str(raw).strip())
-    if kind is float:
-        if isinstance(raw, bool):
-            raise ValueError(f"{raw!r} is not a number")
-        return float(str(raw).strip())
-    if isinstance(raw, dict | list):
-        raise ValueError(f"{raw!r} is not a string")
-    return str(raw)
 
 
 def load_file(path: str | Path) -> dict[str, object]:

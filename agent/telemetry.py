@@ -35,7 +35,7 @@ from agent.daemons import Daemon, ReloadOutcome
 from agent.logs import redactor
 from agent.metrics import Metrics, MetricsServer, build_version, liveness, readiness
 from agent.reconcile import Agent
-from agent.settings import Settings
+from agent.settings import Daemons, Settings
 from agent.vrrp_state import InstanceState, Mismatch, VrrpMonitor, VrrpStates
 
 log = logging.getLogger("vip-agent")
@@ -104,7 +104,7 @@ class Telemetry:
         self.identity = status_mod.Identity(
             node=node_name,
             interface=interface,
-            daemons=settings.daemons,
+            daemons=settings.daemons.value,
             version=build_version(),
             pid=os.getpid(),
         )
@@ -189,7 +189,7 @@ class Telemetry:
         return self.agent.source.error if self.agent is not None else None
 
     def _daemons(self) -> Mapping[str, Daemon]:
-        if self.agent is None or self.settings.daemons == "none":
+        if self.agent is None or self.settings.daemons is Daemons.NONE:
             return {}  # nothing runs: readiness is about the files alone
         return self.agent.daemons
 

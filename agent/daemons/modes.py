@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from agent.daemons.process import Daemon, ReloadOutcome
 from agent.daemons.spec import ConfigFile, Hook
-from agent.settings import Settings
+from agent.settings import Daemons, Settings
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -98,9 +98,9 @@ def daemons_for(
     hooks = before_start or {}
     daemons: dict[str, Daemon] = {}
     for f in files:
-        if settings.daemons == "supervise":
+        if settings.daemons is Daemons.SUPERVISE:
             daemons[f.daemon] = f.supervised(settings, hooks.get(f.daemon, _nothing))
-        elif settings.daemons == "systemd":
+        elif settings.daemons is Daemons.SYSTEMD:
             daemons[f.daemon] = SystemdService(f.daemon, f.unit)
         else:
             daemons[f.daemon] = NoDaemon(f.daemon)

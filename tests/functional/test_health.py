@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,10 @@ def test_through_the_vip_only_when_holding_it(standin: tuple[str, Path, Path]) -
     port = int(url.split(":")[2].split("/")[0])
     # the "VIP" here is a closed port on loopback: holding it must fail the check
     closed = free_port()
-    assert check(config, vip="127.0.0.1", holds_vip=lambda: False, vip_port=closed).ok
-    failed = check(config, vip="127.0.0.1", holds_vip=lambda: True, vip_port=closed)
+    assert check(config, vip=ip_address("127.0.0.1"), holds_vip=lambda: False, vip_port=closed).ok
+    failed = check(config, vip=ip_address("127.0.0.1"), holds_vip=lambda: True, vip_port=closed)
     assert not failed.ok and "through the VIP" in failed.reason
-    assert check(config, vip="127.0.0.1", holds_vip=lambda: True, vip_port=port).ok
+    assert check(config, vip=ip_address("127.0.0.1"), holds_vip=lambda: True, vip_port=port).ok
 
 
 @pytest.mark.parametrize(

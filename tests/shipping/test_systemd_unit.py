@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import psutil
@@ -124,7 +125,7 @@ def test_unit_says_what_the_design_needs() -> None:
 
 def test_config_example_loads_and_names_only_real_settings() -> None:
     loaded = settings_mod.load(flags={}, environ={}, config_file=EXAMPLE)
-    assert loaded.control_plane_vip == "192.0.2.10"
+    assert loaded.control_plane_vip == ip_address("192.0.2.10")
     known = {f.name for f in settings_mod.fields()}
     mentioned = set(re.findall(r"^# ?([a-z_]+):", EXAMPLE.read_text(), re.M))
     mentioned |= set(yaml.safe_load(EXAMPLE.read_text()))

@@ -54,8 +54,6 @@ VRRP layout, and why it is stable
 
 from __future__ import annotations
 
-import ipaddress
-
 from agent.core.addresses import Forbidden, HostFacts
 from agent.core.model import (
     Allocation,
@@ -208,9 +206,9 @@ def _control_plane_vip(
 ) -> IPAddress | None:
     """The control-plane VIP of settings, unless it is a Node's or this node's address
     (reserved forms are refused when settings load)."""
-    if not settings.control_plane_vip:
+    vip = settings.control_plane_vip
+    if vip is None:
         return None
-    vip = ipaddress.ip_address(settings.control_plane_vip)
     why = forbidden.reason(vip)
     if why is None:
         return vip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from agent.core import grammar
@@ -17,7 +16,7 @@ from agent.core.model import (
 from agent.core.translate.common import Rejections
 from agent.core.translate.nodes import NodeView
 from agent.core.translate.vrrp import instance, unicast_for
-from agent.settings import Settings
+from agent.settings import HealthMode, Settings
 
 HEALTH_WEIGHT = -120
 HEALTH_TRACK = "apiserver"
@@ -38,7 +37,7 @@ def control_plane(
     track = TrackFile(
         name=HEALTH_TRACK,
         path=settings.health_file,
-        weight=0 if settings.health_mode == "fault" else HEALTH_WEIGHT,
+        weight=0 if settings.health_mode is HealthMode.FAULT else HEALTH_WEIGHT,
     )
     vrrp = instance(
         name="control_plane",
@@ -65,19 +64,15 @@ def _backends(
     settings: Settings, vip: IPAddress, nodes: NodeView, rej: Rejections
 ) -> list[ProxyServer]:
     if settings.control_plane_backends:
-        servers: list[ProxyServer] = []
-        for backend in settings.control_plane_backends:
-            name, _, text = backend.rpartition("=")
-            address = ipaddress.ip_address(text)
-            servers.append(
-                ProxyServer(
-                    name=name or f"apiserver_{grammar.ip_token(address)}",
-                    address=address,
-                    port=settings.control_plane_backend_port,
-                )
+        return [
+            ProxyServer(
+                name=backend.name or f"apiserver_{grammar.ip_token(backend.address)}",
+                address=backend.address,
+                port=settings.control_plane_backend_port,
             )
-        return servers
-    servers = []
+            for backend in settings.control_plane_backends
+        ]
+    servers: list[ProxyServer] = []
     for name in nodes.control_plane_nodes:
         node = nodes.by_name[name]
         found = node.address(vip.version) or (node.addresses[0] if node.addresses else None)

@@ -34,7 +34,7 @@ from agent.core.translate.endpoints import (
     service_ports,
 )
 from agent.core.translate.requests import VipRequest
-from agent.settings import SCHEDULERS, Settings
+from agent.settings import SCHEDULERS, RealServerCheck, Settings
 
 ANNOTATION_SCHEDULER = "vip-agent.io/scheduler"
 CLIENT_IP_TIMEOUT_DEFAULT = 10800
@@ -251,7 +251,7 @@ def _virtual_server(
     settings = context.settings
     check = (
         HealthCheck.TCP
-        if port.protocol is Protocol.TCP and settings.real_server_check == "tcp"
+        if port.protocol is Protocol.TCP and settings.real_server_check is RealServerCheck.TCP
         else HealthCheck.NONE
     )
     return VirtualServer(

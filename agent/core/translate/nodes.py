@@ -12,7 +12,7 @@ from agent.core.addresses import node_addresses
 from agent.core.model import IPAddress, Reason
 from agent.core.snapshot import Snapshot
 from agent.core.translate.common import Rejections, as_list, as_mapping, meta_of
-from agent.settings import Settings, parse_selector, selector_matches
+from agent.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -107,16 +107,13 @@ def node_view(
             key="",
             reason="this node is not in the cluster; holding no service VIPs",
         )
-    services = parse_selector(settings.node_selector)
-    control_plane = parse_selector(settings.control_plane_selector)
+    services, control_plane = settings.node_selector, settings.control_plane_selector
     return NodeView(
         name=node_name,
         by_name=nodes,
         known=snapshot.nodes_known,
-        service_nodes=tuple(n for n, v in nodes.items() if selector_matches(services, v.labels)),
-        control_plane_nodes=tuple(
-            n for n, v in nodes.items() if selector_matches(control_plane, v.labels)
-        ),
+        service_nodes=tuple(n for n, v in nodes.items() if services.matches(v.labels)),
+        control_plane_nodes=tuple(n for n, v in nodes.items() if control_plane.matches(v.labels)),
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,15 +48,10 @@ def unicast_for(
     me = nodes.me
     if me is not None:
         src = me.address(family)
-    elif settings.node_address is not None:
-        configured = ipaddress.ip_address(settings.node_address)
-        src = configured if configured.version == family else None
+    elif settings.node_address is not None and settings.node_address.version == family:
+        src = settings.node_address
     found = {nodes.by_name[n].address(family) for n in eligible if n != nodes.name}
-    static = {
-        a
-        for a in (ipaddress.ip_address(p) for p in settings.unicast_peers)
-        if a.version == family and a != src
-    }
+    static = {a for a in settings.unicast_peers if a.version == family and a != src}
     peers = {a for a in found if a is not None} | static
     return Unicast(src, tuple(sorted(peers, key=int)))
 
