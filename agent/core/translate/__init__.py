@@ -84,6 +84,8 @@ from agent.core.translate.requests import (
     ANNOTATION_SHARED,
     ANNOTATION_SHARED_METALLB,
     LOAD_BALANCER_CLASS,
+    ServiceAsks,
+    VipRequest,
     configmap_requests,
     parse_configmap_key,
     service_requests,
@@ -141,7 +143,6 @@ def translate(
     taken: set[Slot] = set()
     if cp_vip is not None:
         taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port))
-    vips = ownership.vips
     for request in admitted:
         if request.method is not None:
             forward(
@@ -150,23 +151,21 @@ def translate(
                 settings=settings,
                 node_name=node_name,
                 memo=memo,
-                vips=vips,
+                vips=ownership.vips,
                 taken=taken,
                 out=forwarding,
                 rej=rej,
             )
-    allocations: tuple[Allocation, ...] = ()
-    if pools is not None and settings.allocation:
-        used = {a for asked in asks.asked for a in asked.requested}
-        used |= {r.vip for r in cm_requests} | ({cp_vip} if cp_vip is not None else set())
-        allocations = allocate(
-            asks.unaddressed,
-            snapshot=snapshot,
-            pools=pools,
-            forbidden=forbidden,
-            taken=used,
-            rej=rej,
-        )
+    allocations = _allocations(
+        asks,
+        cm_requests,
+        cp_vip,
+        snapshot=snapshot,
+        settings=settings,
+        pools=pools,
+        forbidden=forbidden,
+        rej=rej,
+    )
     cp = None
     if cp_vip is not None and nodes.serves_control_plane:
         cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
@@ -198,6 +197,33 @@ def translate(
         service_vips=_accepted(asks.asked, ownership),
         nodes=_nodes(nodes),
         allocations=allocations,
+    )
+
+
+def _allocations(
+    asks: ServiceAsks,
+    cm_requests: list[VipRequest],
+    cp_vip: IPAddress | None,
+    *,
+    snapshot: Snapshot,
+    settings: Settings,
+    pools: Pools | None,
+    forbidden: Forbidden,
+    rej: Rejections,
+) -> tuple[Allocation, ...]:
+    """Addresses for Services that ask for none, when there are pools and allocation is on.
+    Every address anyone asks for is used, admitted or not."""
+    if pools is None or not settings.allocation:
+        return ()
+    used = {a for asked in asks.asked for a in asked.requested}
+    used |= {r.vip for r in cm_requests} | ({cp_vip} if cp_vip is not None else set())
+    return allocate(
+        asks.unaddressed,
+        snapshot=snapshot,
+        pools=pools,
+        forbidden=forbidden,
+        taken=used,
+        rej=rej,
     )
 
 
