@@ -204,7 +204,7 @@ def test_every_rejection_translate_makes_has_a_code() -> None:
             "web2",
             [objects.port("http", 80, 8080), objects.port("bad", 70000), objects.port("p", 81)],
             type="LoadBalancer",
-            loadBalancerIP="192.0.2.57",
+            loadBalancerIP="192.0.2.58",
             annotations={"vip-agent.io/scheduler": "nope", "vip-agent.io/method": "NAT"},
         ),
         objects.service("ext", [objects.port("http", 80)], type="ExternalName"),
