@@ -5,11 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -17,9 +16,8 @@ from agent import assets
 from agent import settings as settings_mod
 from agent.apply import write_file
 from agent.core import render as render_mod
-from agent.core.model import IPAddress
 from agent.core.translate import translate
-from agent.settings import Settings, SettingsError
+from agent.settings import Settings, SettingsError, node_name_of
 from agent.sources.manifests import ManifestError, load_snapshot
 
 F = Callable[..., Any]
@@ -59,11 +57,7 @@ def load_settings(config_file: str | None, flags: dict[str, Any]) -> Settings:
     return settings_mod.load(flags=given, environ=os.environ, config_file=config_file)
 
 
-def node_name_of(settings: Settings) -> str:
-    return settings.node_name or socket.gethostname().split(".")[0].lower()
-
-
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -124,10 +118,8 @@ def _render_once(
         snapshot = load_snapshot(settings.manifests)
     except (SettingsError, ManifestError) as err:
         fail(str(err))
-        return
     if settings.interface is None:
         fail("setting interface is required for a dry run (--interface or VIP_AGENT_INTERFACE)")
-        return
     state = translate(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
@@ -135,7 +127,6 @@ def _render_once(
         files = render_mod.Renderer(template_dirs(settings)).render(state, outputs(CONFIG_FILES))
     except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))
-        return
     for rejection in state.rejections:
         click.echo(f"rejected: {rejection}", err=True)
     if output_dir:
@@ -182,7 +173,6 @@ def show_settings(reference: bool, config_file: str | None, **flags: Any) -> Non
         settings = load_settings(config_file, flags)
     except SettingsError as err:
         fail(str(err))
-        return
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.redacted().items()}
     click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
@@ -207,7 +197,6 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
         document = status_mod.read(Path(settings.run_dir) / status_mod.FILE_NAME)
     except (SettingsError, status_mod.NoStatus) as err:
         fail(str(err))
-        return
     interface = str(document.get("interface") or settings.interface or "")
     try:
         on_interface = {a for a, _ in netlink.addresses(interface)} if interface else None
@@ -227,17 +216,6 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
         sys.exit(1)
 
 
-def build_targets(settings: Settings) -> list[Any]:
-    """Where each daemon module's file is installed, with what mode, checked how."""
-    from agent.apply import Target
-    from agent.daemons import CONFIG_FILES
-
-    return [
-        Target(name=f.name, path=f.path(settings), mode=f.mode, validate=f.validator(settings))
-        for f in CONFIG_FILES
-    ]
-
-
 @main.command()
 @settings_options
 def run(config_file: str | None, **flags: Any) -> None:
@@ -245,95 +223,21 @@ def run(config_file: str | None, **flags: Any) -> None:
     import signal
     import threading
 
-    from agent import logs, netlink
-    from agent.daemons import CONFIG_FILES
-    from agent.daemons.modes import daemons_for
-    from agent.reconcile import Agent
-    from agent.sources.kube import KubeApi, KubeSource, api_client_for
-    from agent.sources.static import ManifestSource, StaticSource, watch_paths
-    from agent.telemetry import Telemetry
-    from agent.writeback import EventRecorder, IngressWriter, WriteBack
+    from agent import logs, runtime
 
     try:
         settings = load_settings(config_file, flags)
     except SettingsError as err:
         fail(str(err))
-        return
     logs.setup(settings.log_format, secrets=[settings.auth_pass or ""])
-    node_name = node_name_of(settings)
-    interface = settings.interface
-    if interface is None and settings.node_address is not None:
-        interface = netlink.interface_for(settings.node_address)
-    if interface is None:
-        fail("setting interface is required (or node_address, to find it)")
-        return
-    holder: dict[str, Any] = {}
-    telemetry = Telemetry(
-        settings, node_name=node_name, interface=interface, addresses=netlink.addresses
-    )
-    holder["telemetry"] = telemetry
-    writeback: WriteBack | None = None
-    if settings.manifests:
-        source: Any = ManifestSource(settings.manifests)
-    elif not settings.kubernetes:
-        source = StaticSource()
-    else:
-        try:
-            kube_api = KubeApi(api_client_for(settings))
-        except Exception as err:  # kubernetes.config.ConfigException, OSError, bad YAML
-            fail(f"no Kubernetes client configuration ({err}); set --kubeconfig or run in a pod")
-            return
-        source = KubeSource(
-            api=kube_api,
-            configmap=settings.configmap_ref,
-            on_restart=lambda resource: holder["telemetry"].metrics.watch_restarted(resource),
+    try:
+        parts = runtime.build(
+            settings,
+            reload=lambda: load_settings(config_file, flags),
+            config_file=config_file,
         )
-
-        def held_vips() -> set[IPAddress] | None:
-            # the VIPs keepalived holds here now: the holder writes the Service's ingress
-            return {address for address, _prefix in netlink.addresses(interface)}
-
-        writeback = WriteBack(
-            ingress=IngressWriter(api=kube_api, node_name=node_name, registry=telemetry.registry),
-            events=EventRecorder(api=kube_api, node_name=node_name, registry=telemetry.registry),
-            held_vips=held_vips,
-            node_name=node_name,
-        )
-
-    def clean_stale_vips() -> None:
-        agent = holder["agent"]
-        state = agent.status.state
-        managed = (
-            {v for i in state.instances for v in (*i.vips, *i.excluded_vips)} if state else set()
-        )
-        managed |= netlink.vips_in_config(Path(settings.keepalived_config))
-        keep = {settings.node_address} if settings.node_address is not None else set()
-        removed = netlink.remove_stale_vips(interface, managed, keep)
-        if removed:
-            logging.getLogger("vip-agent").warning(
-                "removed stale VIPs left by an earlier keepalived: %s",
-                ", ".join(map(str, removed)),
-            )
-
-    agent = Agent(
-        settings=settings,
-        source=source,
-        daemons=daemons_for(
-            settings, files=CONFIG_FILES, before_start={"keepalived": clean_stale_vips}
-        ),
-        targets=build_targets(settings),
-        template_dirs=lambda: template_dirs(holder["agent"].settings),
-        node_name=node_name,
-        interface=interface,
-        observer=telemetry.observer,
-        after_reconcile=writeback.submit if writeback is not None else None,
-    )
-    holder["agent"] = agent
-    try:  # before the loop: the FIFO must exist when keepalived starts
-        telemetry.start(agent, started=agent.clock())
-    except OSError as err:
+    except runtime.StartError as err:
         fail(str(err))
-        return
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -342,72 +246,7 @@ def run(config_file: str | None, **flags: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    def settings_changed() -> None:
-        try:
-            agent.settings = load_settings(config_file, flags)
-        except SettingsError as err:
-            logging.getLogger("vip-agent").error("config file: %s; keeping the old settings", err)
-            return
-        agent.trigger()
-
-    watched = [Path(d) for d in ([settings.templates] if settings.templates else [])]
-    observers = [watch_paths(watched, agent.trigger)] if watched else []
-    if config_file:
-        observers.append(watch_paths([Path(config_file)], settings_changed))
-    logging.getLogger("vip-agent").info(
-        "starting: node=%s interface=%s daemons=%s", node_name, interface, settings.daemons
-    )
-    if settings.control_plane_vip is not None:
-        from agent import health
-
-        vip = settings.control_plane_vip
-        prober = health.Prober(
-            check=lambda: health.check(
-                probe_config(agent.settings),
-                vip=vip,
-                holds_vip=holds(vip),
-                vip_port=agent.settings.control_plane_port,
-            ),
-            track_file=Path(settings.health_file),
-            interval=settings.health_interval,
-            fall=settings.health_fall,
-            rise=settings.health_rise,
-            on_change=telemetry.metrics.set_apiserver_healthy,
-        )
-        threading.Thread(target=prober.run, args=(stop,), name="prober", daemon=True).start()
-    if writeback is not None:
-        writeback.start()
-    try:
-        agent.run(stop)
-    finally:
-        for observer in observers:
-            observer.stop()
-        agent.shutdown()
-        if writeback is not None:
-            writeback.stop()
-        telemetry.stop()
-
-
-def probe_config(settings: Settings, *, insecure: bool = False) -> Any:
-    from agent import health
-
-    return health.ProbeConfig(
-        url=settings.apiserver_url,
-        ca_file=settings.apiserver_ca_file,
-        # no CA configured: like haproxy's check, TLS without verification
-        insecure=insecure or settings.apiserver_ca_file is None,
-        client_cert=settings.apiserver_client_cert,
-        client_key=settings.apiserver_client_key,
-        token_file=settings.apiserver_token_file,
-        timeout=settings.health_timeout,
-    )
-
-
-def holds(vip: IPAddress) -> Callable[[], bool]:
-    from agent import netlink
-
-    return lambda: netlink.interface_for(vip) is not None
+    parts.run(stop)
 
 
 @main.command("check-apiserver")
@@ -448,12 +287,11 @@ def check_apiserver(
         settings = load_settings(config_file, flags)
     except SettingsError as err:
         fail(str(err))
-        return
     vip = settings.control_plane_vip
     result = health.check(
-        probe_config(settings, insecure=insecure_skip_tls_verify),
+        health.probe_config(settings, insecure=insecure_skip_tls_verify),
         vip=vip,
-        holds_vip=holds(vip) if vip else (lambda: False),
+        holds_vip=health.holds(vip) if vip else (lambda: False),
         vip_port=settings.control_plane_port,
     )
     click.echo(("healthy: " if result.ok else "unhealthy: ") + result.reason, err=True)

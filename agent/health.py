@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from agent.apply import replace_file
 from agent.core.model import IPAddress
+from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.health")
 
@@ -185,3 +186,24 @@ class Prober:
             except Exception:  # a probe bug must not stop the VIP from moving
                 log.exception("apiserver probe crashed")
             stop.wait(max(0.0, self.interval - (self.clock() - started)))
+
+
+def probe_config(settings: Settings, *, insecure: bool = False) -> ProbeConfig:
+    """What the prober and ``check-apiserver`` ask, from the settings."""
+    return ProbeConfig(
+        url=settings.apiserver_url,
+        ca_file=settings.apiserver_ca_file,
+        # no CA configured: like haproxy's check, TLS without verification
+        insecure=insecure or settings.apiserver_ca_file is None,
+        client_cert=settings.apiserver_client_cert,
+        client_key=settings.apiserver_client_key,
+        token_file=settings.apiserver_token_file,
+        timeout=settings.health_timeout,
+    )
+
+
+def holds(vip: IPAddress) -> Callable[[], bool]:
+    """Does this node hold ``vip`` now (is it on one of its interfaces)?"""
+    from agent import netlink
+
+    return lambda: netlink.interface_for(vip) is not None

@@ -16,18 +16,21 @@ configuration it last installed), and nothing else.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from agent.core.addresses import HostFacts, IPNetwork
-from agent.core.model import IPAddress
+from agent.core.model import DesiredState, IPAddress
+
+log = logging.getLogger("vip-agent.netlink")
 
 _VIP_LINE = re.compile(r"^\s+([0-9A-Fa-f:.]+)/(32|128) dev \S+$", re.M)
 
@@ -145,6 +148,39 @@ class HostFactsCache:
     def __call__(self) -> HostFacts:
         with self._lock:
             if self._facts is None or self.clock() - self._at >= self.ttl:
-                self._facts = self.read(self.managed())
                 self._at = self.clock()
+                try:
+                    self._facts = self.read(self.managed())
+                except Exception as err:  # pyroute2's NetlinkError is not an OSError
+                    # the last facts read stay in force: forgetting them would let a VIP
+                    # take the node's own address while netlink misbehaves
+                    log.warning("cannot read this node's addresses and routes: %s", err)
+                    if self._facts is None:
+                        self._facts = HostFacts()
             return self._facts
+
+
+class ManagedVips:
+    """The VIPs this agent manages: those of its last desired state and those of the
+    keepalived.conf it last installed (a VIP keepalived still holds from before a
+    restart).  Host facts leave them out; stale-VIP clean-up removes only them."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self._desired: frozenset[IPAddress] = frozenset()
+
+    def rendered(self, state: DesiredState) -> None:
+        """An observer of the reconcile loop: remember the VIPs of each desired state."""
+        self._desired = frozenset(v for i in state.instances for v in (*i.vips, *i.excluded_vips))
+
+    def reconciled(self, seconds: float, ok: bool) -> None:
+        return None
+
+    def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None:
+        return None
+
+    def reloaded(self, daemon: str, outcome: object) -> None:
+        return None
+
+    def __call__(self) -> set[IPAddress]:
+        return set(self._desired) | vips_in_config(self.config)

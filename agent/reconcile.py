@@ -32,12 +32,13 @@ from typing import Protocol
 
 from agent.apply import Target, apply
 from agent.core import render as render_mod
+from agent.core.addresses import HostFacts
 from agent.core.model import DesiredState, Rejection
 from agent.core.snapshot import Snapshot
 from agent.core.translate import PlanMemo, translate
 from agent.daemons import CONFIG_FILES, ConfigFile, Daemon, ReloadOutcome
 from agent.daemons.spec import outputs, start_order, stop_order
-from agent.settings import Settings
+from agent.settings import LiveSettings, Settings
 
 log = logging.getLogger("vip-agent.reconcile")
 
@@ -65,6 +66,8 @@ class Observer(Protocol):
 
 
 class NullObserver:
+    """Hears everything, does nothing: a base for observers that want one event."""
+
     def reconciled(self, seconds: float, ok: bool) -> None:
         return None
 
@@ -76,6 +79,29 @@ class NullObserver:
 
     def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
         return None
+
+
+class Fanout:
+    """Tells several observers, in order."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+
+    def reconciled(self, seconds: float, ok: bool) -> None:
+        for o in self.observers:
+            o.reconciled(seconds, ok)
+
+    def rendered(self, state: DesiredState) -> None:
+        for o in self.observers:
+            o.rendered(state)
+
+    def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None:
+        for o in self.observers:
+            o.applied(changed, errors)
+
+    def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
+        for o in self.observers:
+            o.reloaded(daemon, outcome)
 
 
 @dataclass
@@ -99,7 +125,7 @@ class Agent:
     def __init__(
         self,
         *,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         source: Source,
         daemons: Mapping[str, Daemon],
         targets: Sequence[Target],
@@ -111,8 +137,12 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         after_reconcile: Callable[[Snapshot, DesiredState], None] | None = None,
+        host: Callable[[], HostFacts] | None = None,
     ) -> None:
-        self.settings = settings
+        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
+        """The settings, read at each use: an edited config file takes effect next pass."""
+        self.host = host
+        """This node's own network, which no VIP may take (None: not known, a test)."""
         # told every translated state (write-back to the cluster); must return quickly
         self.after_reconcile = after_reconcile
         self.source = source
@@ -140,6 +170,10 @@ class Agent:
         self._plans = PlanMemo()
         """Forwarding plans kept between reconciles: one change recomputes one Service."""
 
+    @property
+    def settings(self) -> Settings:
+        return self.live.get()
+
     # --- events -------------------------------------------------------------------
 
     def trigger(self) -> None:
@@ -165,6 +199,7 @@ class Agent:
             node_name=self.node_name,
             interface=self.interface,
             memo=self._plans,
+            host=self.host() if self.host is not None else None,
         )
         self.status.state = state
         self.status.rejections = state.rejections

@@ -29,6 +29,8 @@ import enum
 import functools
 import ipaddress
 import re
+import socket
+import threading
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -826,6 +828,32 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = "<redacted>" if f.metadata["secret"] and value else display(value)
         return out
+
+
+def node_name_of(settings: Settings, hostname: Callable[[], str] = socket.gethostname) -> str:
+    """This node's name: the setting, else (NODE_NAME was read into it) the short hostname."""
+    return settings.node_name or hostname().split(".")[0].lower()
+
+
+class LiveSettings:
+    """The one place the settings of a running agent change (a config file edit).
+
+    Parts that must see an edit read ``get()`` when they act; the rest were built with
+    the settings the agent started with.  A reader gets the old or the new Settings,
+    never a mixture: the object is frozen and replaced whole.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+
+    def get(self) -> Settings:
+        with self._lock:
+            return self._settings
+
+    def set(self, settings: Settings) -> None:
+        with self._lock:
+            self._settings = settings
 
 
 def _check_together(s: Settings) -> None:

@@ -55,6 +55,7 @@ def build(
     mismatches: list[Mismatch],
     apiserver_healthy: bool | None,
     source_error: str | None = None,
+    cluster: Mapping[str, Any] | None = None,
     daemons_running: Mapping[str, bool],
     metrics_port: int | None,
     redact: Callable[[str], str],
@@ -105,6 +106,11 @@ def build(
         },
         "apiserver_healthy": apiserver_healthy,
         "source_error": redact(source_error) if source_error else None,
+        "cluster": (
+            {k: redact(v) if isinstance(v, str) else v for k, v in cluster.items()}
+            if cluster is not None
+            else None
+        ),
         "daemon_status": {
             name: {
                 "running": running,
@@ -286,6 +292,14 @@ def _header(document: Mapping[str, Any], now: float) -> list[str]:
     lines.append(f"apiserver: {health}")
     source = document.get("source_error")
     lines.append(f"cluster source: FAILING ({source})" if source else "cluster source: ok")
+    cluster = document.get("cluster") or {}
+    if cluster:
+        holder = cluster.get("lease_holder") or "nobody"
+        role = "this agent" if cluster.get("leader") else holder
+        lines.append(f"allocations and Events by: {role}")
+        for part in ("ingress", "events", "allocation", "lease"):
+            if cluster.get(f"{part}_error"):
+                lines.append(f"  {part} write failing: {cluster[f'{part}_error']}")
     for name, daemon in sorted((document.get("daemon_status") or {}).items()):
         lines.append(f"{name}: {'running' if daemon.get('running') else 'not running'}")
     held = document.get("held_vips")

@@ -25,7 +25,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -75,6 +75,7 @@ class _Fanout:
 
     def rendered(self, state: DesiredState) -> None:
         self.t.metrics.rendered(state)
+        self.t.rejections.rendered(state)
 
     def applied(self, changed: frozenset[str], errors: Mapping[str, str]) -> None:
         self.t.metrics.applied(changed, errors)
@@ -82,6 +83,29 @@ class _Fanout:
     def reloaded(self, daemon: str, outcome: ReloadOutcome) -> None:
         self.t.metrics.reloaded(daemon, outcome)
         self.t.writer.reloaded(daemon, outcome)
+
+
+class RejectionLog:
+    """Rejected input in the log, once when it appears and once when it is gone: the
+    same lines a dry run prints on stderr, without repeating them every pass."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("vip-agent.input")
+        self._seen: set[str] = set()
+
+    def rendered(self, state: DesiredState) -> None:
+        now = {str(r) for r in state.rejections}
+        for text in sorted(now - self._seen):
+            self.log.warning("rejected: %s", text)
+        for text in sorted(self._seen - now):
+            self.log.info("no longer rejected: %s", text)
+        self._seen = now
+
+
+class ClusterWrites(Protocol):
+    """What the write-back tells people (agent.writeback.WriteBack)."""
+
+    def report(self) -> dict[str, Any]: ...
 
 
 class Telemetry:
@@ -93,12 +117,18 @@ class Telemetry:
         interface: str,
         addresses: Callable[[str], list[tuple[IPAddress, int]]],
         registry: CollectorRegistry | None = None,
+        metrics: Metrics | None = None,
+        cluster: ClusterWrites | None = None,
     ) -> None:
         self.settings = settings
         self.interface = interface
         self.addresses = addresses
-        self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.registry = (
+            metrics.registry if metrics is not None else (registry or CollectorRegistry())
+        )
+        self.metrics = metrics if metrics is not None else Metrics(self.registry)
+        self.cluster = cluster
+        self.rejections = RejectionLog()
         self.redact = redactor([settings.auth_pass or ""])
         self.run_dir = Path(settings.run_dir)
         self.identity = status_mod.Identity(
@@ -209,6 +239,7 @@ class Telemetry:
             mismatches=self.monitor.mismatches,
             apiserver_healthy=self.metrics.apiserver_healthy,
             source_error=self.source_error(),
+            cluster=self.cluster.report() if self.cluster is not None else None,
             daemons_running=self._daemons_running(),
             metrics_port=self.server.port if self.server else None,
             redact=self.redact,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.apply import Target
 from agent.daemons.process import Daemon
 from agent.settings import Settings
 from agent.validate import CheckResult, Validator
@@ -75,3 +76,11 @@ def stop_order(files: Iterable[ConfigFile]) -> list[str]:
     """Daemon names, those that announce the VIPs first: keepalived stopping sends
     priority 0, so peers take the VIPs over at once, while haproxy still serves."""
     return list(dict.fromkeys(f.daemon for f in sorted(files, key=lambda f: not f.announces)))
+
+
+def targets(settings: Settings, files: Iterable[ConfigFile]) -> list[Target]:
+    """Where each file is installed, with what mode, checked how."""
+    return [
+        Target(name=f.name, path=f.path(settings), mode=f.mode, validate=f.validator(settings))
+        for f in files
+    ]

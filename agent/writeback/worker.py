@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from agent.core.model import DesiredState, IPAddress
 from agent.core.snapshot import Snapshot
@@ -40,6 +41,8 @@ class WriteBack:
         events: EventRecorder | None,
         addresses: AddressWriter | None = None,
         leader: Callable[[], bool] = lambda: True,
+        lease_holder: Callable[[], str | None] = lambda: None,
+        lease_error: Callable[[], str | None] = lambda: None,
         held_vips: Callable[[], set[IPAddress] | None],
         node_name: str,
         resync_seconds: float = 5.0,
@@ -48,6 +51,8 @@ class WriteBack:
         self.events = events
         self.addresses = addresses
         self.leader = leader
+        self.lease_holder = lease_holder
+        self.lease_error = lease_error
         self.held_vips = held_vips
         self.node_name = node_name
         self.resync_seconds = resync_seconds
@@ -83,6 +88,17 @@ class WriteBack:
         # every pass, not only after a reconcile: what the rate limit held back goes now
         if self.events is not None:
             self.events.record(state.rejections, snapshot)
+
+    def report(self) -> dict[str, Any]:
+        """For status: who allocates and reports, and what last failed (None: fine)."""
+        return {
+            "leader": self.leader(),
+            "lease_holder": self.lease_holder(),
+            "lease_error": self.lease_error(),
+            "ingress_error": self.ingress.last_error if self.ingress else None,
+            "events_error": self.events.last_error if self.events else None,
+            "allocation_error": self.addresses.last_error if self.addresses else None,
+        }
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)

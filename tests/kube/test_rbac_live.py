@@ -22,9 +22,10 @@ from kubernetes.client.exceptions import ApiException
 from agent.core.model import Reason, Rejection
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
+from agent.lease import LeaseElector
 from agent.settings import Settings
 from agent.sources.kube import ENDPOINTS, ApiError, KubeApi
-from agent.writeback import EventRecorder, IngressWriter
+from agent.writeback import AddressWriter, EventRecorder, IngressWriter
 from labkit import objects
 from labkit.apiserver import AGENT_SA_USER, LIMITED_SA_USER
 from tests.support.cluster import Cluster, eventually, rbac_documents, running, source_for
@@ -123,6 +124,37 @@ def test_rbac_yaml_is_enough_for_the_agent(
         events.record(state.rejections, static)  # came back: count patched
         assert results(events, "patched") == 1 and results(events, "failed") == 0
 
+        # the Lease, and an allocation from the pool ConfigMap, with the same identity
+        elector = LeaseElector(
+            api=api, namespace="kube-system", name="vip-agent-ipam", node_name="node-a"
+        )
+        assert elector.try_once() is True, elector.last_error
+        elector.stop(release=True)
+        cluster.create(objects.configmap({"cidr-global": "192.0.2.64/30"}, name="kubevip"))
+        cluster.create(
+            objects.service(
+                "pending", [objects.port("http", 80)], namespace=ns, type="LoadBalancer"
+            )
+        )
+        pools_source = source_for(
+            apiserver, CM, token=token, pool_configmap=("kube-system", "kubevip")
+        )
+        with running(pools_source):
+            eventually(
+                lambda: (
+                    (ns, "pending") in pools_source.snapshot().services
+                    and ("kube-system", "kubevip") in pools_source.snapshot().configmaps
+                ),
+                what="pool ConfigMap and the pending Service seen",
+            )
+            seen = pools_source.snapshot()
+            plan = translate(seen, settings, node_name="node-a", interface="eth0").allocations
+            assert [a.service for a in plan] == [(ns, "pending")]
+            writer_ = AddressWriter(api=api)
+            assert writer_.apply(plan) == list(plan), writer_.last_error
+        annotations = cluster.read("Service", ns, "pending")["metadata"]["annotations"]
+        assert annotations["kube-vip.io/loadbalancerIPs"] == "192.0.2.65"
+
 
 def test_rbac_yaml_allows_nothing_more(cluster: Cluster, agent_rbac: None) -> None:
     apiserver = cluster.apiserver
@@ -142,7 +174,11 @@ def test_rbac_yaml_allows_nothing_more(cluster: Cluster, agent_rbac: None) -> No
         ("GET", "/api/v1/secrets", [], None),
         ("GET", "/api/v1/pods", [], None),
         ("GET", f"/api/v1/namespaces/{ns}/services/web", [], None),  # list/watch, not get
-        ("PATCH", f"/api/v1/namespaces/{ns}/services/web", [], {"spec": {"ports": []}}),
+        # patch (the allocation annotation) is allowed; replacing a whole Service is not
+        ("PUT", f"/api/v1/namespaces/{ns}/services/web", [], {"spec": {"ports": []}}),
+        ("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/other", [], None),
+        ("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases", [], None),
+        ("GET", "/apis/coordination.k8s.io/v1/namespaces/default/leases/vip-agent-ipam", [], None),
         ("DELETE", f"/api/v1/namespaces/{ns}/services/web", [], None),
         ("GET", f"/api/v1/namespaces/{ns}/events", [], None),
         ("DELETE", "/api/v1/nodes/whatever", [], None),

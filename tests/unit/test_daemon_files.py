@@ -20,14 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from agent.apply import Target
 from agent.assets import template_dirs
-from agent.cli import build_targets
 from agent.core import render
 from agent.core.snapshot import Snapshot
 from agent.daemons import CONFIG_FILES, ConfigFile, ReloadOutcome
 from agent.daemons.haproxy import HAPROXY_CFG
 from agent.daemons.keepalived import KEEPALIVED_CONF
 from agent.daemons.modes import NoDaemon, SystemdService, daemons_for
-from agent.daemons.spec import Hook, outputs, start_order, stop_order
+from agent.daemons.spec import Hook, outputs, start_order, stop_order, targets
 from agent.metrics import Metrics
 from agent.reconcile import Agent
 from agent.settings import Settings
@@ -275,13 +274,13 @@ def test_run_installs_and_runs_what_the_list_names(tmp_path: Path) -> None:
         keepalived_binary=str(tmp_path / "no-keepalived"),
         daemons="systemd",
     )
-    targets = build_targets(config)
-    assert [(t.name, t.path, t.mode) for t in targets] == [
+    built = targets(config, CONFIG_FILES)
+    assert [(t.name, t.path, t.mode) for t in built] == [
         ("keepalived.conf", tmp_path / "k.conf", 0o600),
         ("haproxy.cfg", tmp_path / "h.cfg", 0o640),
     ]
     # the checker is the daemon's own, run with the binary the settings name
-    result = targets[0].validate(tmp_path / "k.conf")
+    result = built[0].validate(tmp_path / "k.conf")
     assert not result.ok
     assert result.output.startswith(f"{tmp_path / 'no-keepalived'}: ")
 

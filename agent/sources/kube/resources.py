@@ -101,7 +101,9 @@ def endpoints_resource(api: KubeApi) -> Resource:
 
 def _slim_meta(meta: Any) -> dict[str, Any]:
     meta = meta if isinstance(meta, Mapping) else {}
-    out = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
+    # creationTimestamp: the oldest Service keeps a contested VIP (first come, first served)
+    fields = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+    out = {k: meta[k] for k in fields if k in meta}
     if meta.get("labels"):
         out["labels"] = meta["labels"]
     annotations = meta.get("annotations")

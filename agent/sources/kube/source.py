@@ -87,6 +87,7 @@ class KubeSource:
         *,
         api: KubeApi,
         configmap: tuple[str, str],
+        pool_configmap: tuple[str, str] | None = None,
         watch_timeout: float = WATCH_TIMEOUT_SECONDS,
         page_size: int = LIST_PAGE_SIZE,
         sync_timeout: float = 30.0,
@@ -130,7 +131,13 @@ class KubeSource:
         self.endpoints = kind("endpoints", self._endpoints_resource)
         self.configmaps = kind("configmap", lambda: cm)
         self.nodes = kind("nodes", lambda: NODES)
-        self.kinds = (self.services, self.endpoints, self.configmaps, self.nodes)
+        self.kinds: tuple[Kind, ...] = (self.services, self.endpoints, self.configmaps, self.nodes)
+        self.pools: Kind | None = None
+        if pool_configmap is not None and pool_configmap != configmap:
+            # the pool ConfigMap by name too: RBAC need not open any other ConfigMap
+            pools = configmap_resource(*pool_configmap)
+            self.pools = kind("pool-configmap", lambda: pools)
+            self.kinds += (self.pools,)
         self._threads = [
             threading.Thread(
                 target=self._follow, args=(kind,), name=f"kube-watch-{kind.name}", daemon=True
@@ -141,7 +148,9 @@ class KubeSource:
     @classmethod
     def from_settings(cls, settings: Settings, api_client: Any | None = None) -> KubeSource:
         api = KubeApi(api_client if api_client is not None else api_client_for(settings))
-        return cls(api=api, configmap=settings.configmap_ref)
+        return cls(
+            api=api, configmap=settings.configmap_ref, pool_configmap=settings.pool_configmap_ref
+        )
 
     def _endpoints_resource(self) -> Resource:
         chosen = endpoints_resource(self.api)
@@ -184,7 +193,10 @@ class KubeSource:
                 services=cast(Mapping[Key, Obj], self.services.store),
                 slices=ep_store.values() if slices_kind else (),
                 endpoints={} if slices_kind else cast(Mapping[Key, Obj], ep_store),
-                configmaps=cast(Mapping[Key, Obj], self.configmaps.store),
+                configmaps=cast(
+                    Mapping[Key, Obj],
+                    {**self.configmaps.store, **(self.pools.store if self.pools else {})},
+                ),
                 nodes=cast(Mapping[str, Obj], self.nodes.store),
                 nodes_known=self.nodes.synced,
             )
