@@ -276,8 +276,12 @@ class Agent:
         """Reconcile on events until ``stop`` is set; supervise daemons every ``tick``."""
         window = self.settings.coalesce_seconds
         self.source.start(self.trigger)
-        self.reconcile()
+        # cleared before the first pass, not after: that pass reads everything the source
+        # has now, and an event arriving while it runs must bring another pass (clearing
+        # afterwards lost such events until the next one came: found by 3 agents whose
+        # first pass raced the creation of 30 Services)
         self._trigger.clear()
+        self.reconcile()
         for daemon in self._start_order():
             daemon.start()
         dirty_since: float | None = None
