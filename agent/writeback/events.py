@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from agent.core.model import Rejection
+from agent.core.model import Reason, Rejection
 from agent.core.snapshot import Snapshot
 from agent.core.translate import ANNOTATION_LB_IPS
 from agent.sources.kube import ApiError, KubeApi, Unreachable
@@ -50,7 +50,10 @@ def event_name(involved: Mapping[str, Any], key: tuple[str, ...]) -> str:
 
 
 def event_reason(rejection: Rejection) -> str:
-    """``InvalidVIP`` when the rejected key is where a VIP is written, else ``Rejected``."""
+    """``AllocationFailed`` for a Service the pools could not serve, ``InvalidVIP`` when
+    the rejected key is where a VIP is written, else ``Rejected``."""
+    if rejection.code is Reason.POOL_EXHAUSTED:
+        return "AllocationFailed"
     if rejection.kind == "ConfigMap" or rejection.key in VIP_KEYS:
         return "InvalidVIP"
     return "Rejected"

@@ -439,3 +439,14 @@ def test_allocation_off_leaves_services_to_another_allocator() -> None:
     objs = [*NODES, pools({"cidr-global": "192.0.2.64/29"}), lb("web")]
     state = run(objs, allocation=False)
     assert state.allocations == () and state.rejections == ()
+
+
+def test_a_namespace_no_pool_serves_stays_pending() -> None:
+    objs = [*NODES, pools({"cidr-tenant-a": "192.0.2.64/29"}), lb("web", namespace="tenant-b")]
+    state = run(objs)
+    assert state.allocations == ()
+    assert [str(r) for r in state.rejections] == [
+        "Service tenant-b/web key 'annotations[kube-vip.io/loadbalancerIPs]': no pool serves "
+        "namespace tenant-b (ConfigMap kube-system/kubevip has no cidr-tenant-b, "
+        "range-tenant-b or global key); pending"
+    ]

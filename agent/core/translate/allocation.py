@@ -48,6 +48,18 @@ def allocate(
     for key in unaddressed:
         service = snapshot.services[key]
         ranges = pools.serving(key[0])
+        if not ranges:
+            rej.add(
+                Reason.POOL_EXHAUSTED,
+                kind="Service",
+                obj="/".join(key),
+                key=f"annotations[{ANNOTATION_LB_IPS}]",
+                reason=(
+                    f"no pool serves namespace {key[0]} (ConfigMap {pools.ref} has no "
+                    f"cidr-{key[0]}, range-{key[0]} or global key); pending"
+                ),
+            )
+            continue
         wanted, required = _families(as_mapping(service.get("spec")), ranges)
         found: list[IPAddress] = []
         missing: list[int] = []
