@@ -195,3 +195,69 @@ def test_a_tenant_cannot_take_what_is_not_theirs(cluster: Cluster, tmp_path: Pat
             assert "203.0.113.100/32" in conf  # the owner's, once
             assert "198.51.100.11/32" not in conf and "203.0.113.10/32" not in conf
             assert f"# Service {tenant}/steal" not in conf
+
+
+def ingress_of(cluster: Cluster, ns: str, name: str) -> list[str]:
+    status = cluster.read("Service", ns, name).get("status") or {}
+    return [i.get("ip") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+
+
+def test_status_is_level_triggered(cluster: Cluster, tmp_path: Path) -> None:
+    """No node holds a VIP here (--daemons none): the preferred owner writes the ingress;
+    it is written again for a Service deleted and created again under the same name, and
+    restored when someone clears it by hand."""
+    ns = cluster.namespace("status")
+    nodes = cluster_nodes(cluster, ns, 3)
+    with ClusterAgents(agents_for(cluster, ns, nodes, tmp_path)):
+        cluster.create(lb("web", ns, "203.0.113.120"))
+        eventually(lambda: ingress_of(cluster, ns, "web") == ["203.0.113.120"], what="ingress")
+        cluster.delete("Service", ns, "web")
+        eventually(lambda: not _exists(cluster, ns, "web"), what="deleted")
+        cluster.create(lb("web", ns, "203.0.113.120"))
+        eventually(
+            lambda: ingress_of(cluster, ns, "web") == ["203.0.113.120"],
+            what="ingress of the re-created Service",
+        )
+        cluster.patch_service_status(ns, "web", {"status": {"loadBalancer": {"ingress": None}}})
+        assert ingress_of(cluster, ns, "web") == []
+        eventually(
+            lambda: ingress_of(cluster, ns, "web") == ["203.0.113.120"],
+            what="ingress restored after a manual clear",
+        )
+
+
+def _exists(cluster: Cluster, ns: str, name: str) -> bool:
+    try:
+        cluster.read("Service", ns, name)
+    except Exception:  # kubernetes ApiException 404
+        return False
+    return True
+
+
+def test_events_from_agents_on_some_nodes_and_none_duplicated_by_restarts(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    ns = cluster.namespace("events")
+    nodes = cluster_nodes(cluster, ns, 3)
+    cluster.create(lb("bad", ns, "127.0.0.9"))
+    cluster.create(lb("node", ns, "198.51.100.12"))
+    agents = agents_for(cluster, ns, nodes[:2], tmp_path)  # no agent on the third Node
+    with ClusterAgents(agents) as running:
+        for name in ("bad", "node"):
+            eventually(
+                lambda name=name: len(events_for(cluster, ns, name)) == 1,
+                what=f"an Event on {name}",
+                timeout=20,
+            )
+        first = {n: events_for(cluster, ns, n)[0]["metadata"]["name"] for n in ("bad", "node")}
+        # every agent restarts (a rollout): the same problems are the same Events
+        for agent in running.agents.values():
+            agent.stop()
+        for agent in running.agents.values():
+            agent.start()
+        api = KubeApi(cluster.apiserver.api_client())
+        eventually(lambda: lease_holder(api, ns) is not None, what="a new holder", timeout=20)
+        time.sleep(3)  # several write-back passes of the new holder
+        for name in ("bad", "node"):
+            found = events_for(cluster, ns, name)
+            assert [e["metadata"]["name"] for e in found] == [first[name]], found
