@@ -132,6 +132,12 @@ def test_dr_refuses_port_translation() -> None:
     state = run([*NODES, configmap({"192.0.2.50": "default/web:DR"}), *web()])
     assert not [vs for vs in state.virtual_servers if vs.protocol is Protocol.TCP]
     assert any("DR cannot change the port" in r for r in reasons(state))
+    # the Event goes on the Service; it names the vip-configmap key that asked for DR
+    assert any(
+        r.startswith("Service default/web")
+        and "(configmap kube-system/vip-configmap key '192.0.2.50' asks for it)" in r
+        for r in reasons(state)
+    ), reasons(state)
 
 
 def test_proxy_method_goes_to_haproxy_and_is_tcp_only() -> None:

@@ -207,7 +207,10 @@ def _port_plan(context: _Context, port: Port) -> PortPlan:
             kind="Service",
             obj=context.svc_ref,
             key=key,
-            reason=f"{method.value} cannot change the port: targetPort must equal port",
+            reason=(
+                f"{method.value} cannot change the port: targetPort must equal port"
+                f"{_asked_by(context.request)}"
+            ),
         )
         return PortPlan(slot, where, tuple(rej.items), claims=False, has_local=has_local)
     listener: ProxyListener | None = None
@@ -227,6 +230,14 @@ def _port_plan(context: _Context, port: Port) -> PortPlan:
         listener=listener,
         has_local=has_local,
     )
+
+
+def _asked_by(request: VipRequest) -> str:
+    """Where the method came from, when not from the Service itself: the vip-configmap key
+    that asked for DR is what the Service's owner must look at."""
+    if request.kind == "Service":
+        return ""
+    return f" ({request.kind.lower()} {request.obj} key {request.key!r} asks for it)"
 
 
 def _listener(vip: IPAddress, port: Port, endpoints: list[Endpoint], where: str) -> ProxyListener:
