@@ -63,7 +63,6 @@ class LeaseElector:
         name: str,
         node_name: str,
         timings: LeaseTimings = LeaseTimings(),
-        on_change: Callable[[bool], None] = lambda leader: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -71,7 +70,7 @@ class LeaseElector:
         self.namespace, self.name = namespace, name
         self.identity = f"{node_name}_{secrets.token_hex(4)}"
         self.timings = timings
-        self.on_change = on_change
+        self._listeners: list[Callable[[bool], None]] = []
         self.clock, self.wall = clock, wall
         self.holder: str | None = None
         """Who holds the Lease as last seen (for status)."""
@@ -178,12 +177,17 @@ class LeaseElector:
         self.holder = self.identity
         log.info("lease %s/%s: acquired as %s", self.namespace, self.name, self.identity)
 
+    def subscribe(self, callback: Callable[[bool], None]) -> None:
+        """``callback(leader)`` whenever this agent becomes or stops being the holder."""
+        self._listeners.append(callback)
+
     def _set_leader(self, leader: bool) -> None:
         if leader != self._leader:
             self._leader = leader
             if not leader:
                 log.info("lease %s/%s: no longer the holder", self.namespace, self.name)
-            self.on_change(leader)
+            for callback in self._listeners:
+                callback(leader)
 
     # --- the loop ------------------------------------------------------------------------
 

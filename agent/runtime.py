@@ -220,7 +220,7 @@ def _writeback(
         # the VIPs keepalived holds here now: the holder writes the Service's ingress
         return {address for address, _prefix in netlink.addresses(interface)}
 
-    return WriteBack(
+    writeback = WriteBack(
         ingress=IngressWriter(api=api, node_name=node_name, registry=registry),
         events=EventRecorder(api=api, node_name=node_name, registry=registry),
         addresses=AddressWriter(api=api, registry=registry),
@@ -230,6 +230,9 @@ def _writeback(
         held_vips=held_vips,
         node_name=node_name,
     )
+    # a new holder allocates at once, not at the next resync
+    elector.subscribe(lambda leader: writeback.wake())
+    return writeback
 
 
 def _stale_vip_cleaner(

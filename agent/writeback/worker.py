@@ -62,6 +62,10 @@ class WriteBack:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def wake(self) -> None:
+        """Run a pass soon (the Lease changed hands: allocations and Events wait on it)."""
+        self._wake.set()
+
     def submit(self, snapshot: Snapshot, state: DesiredState) -> None:
         with self._lock:
             self._latest = (snapshot, state)
