@@ -64,27 +64,32 @@ def sync(
 
 def test_the_holder_writes_once_and_failover_causes_no_churn(cluster: Cluster) -> None:
     scene = lb_scene(cluster)
-    a, b = scene.me, f"{scene.ns}-b"
+    nodes = (scene.me, f"{scene.ns}-b")
     api = KubeApi(cluster.apiserver.api_client())
-    writer_a = IngressWriter(api=api, node_name=a)
-    writer_b = IngressWriter(api=api, node_name=b)
     vip = ip_address(VIP)
     source = source_for(cluster.apiserver, (scene.ns, "vip-configmap"))
     with running(source):
         eventually(lambda: (scene.ns, "lb") in source.snapshot().services, what="service seen")
-        assert sync(writer_b, source, scene, b, set()) == []  # B does not hold it
-        done = sync(writer_a, source, scene, a, {vip})
+        state = scene.state(source)
+        instance = next(i.name for i in state.instances if vip in (*i.vips, *i.excluded_vips))
+        # the node keepalived prefers writes too; the other one writes only while it holds
+        preferred = rendezvous_winner(nodes, instance)
+        other = next(n for n in nodes if n != preferred)
+        writer_p = IngressWriter(api=api, node_name=str(preferred))
+        writer_o = IngressWriter(api=api, node_name=other)
+        assert sync(writer_o, source, scene, other, set()) == []  # neither holds nor preferred
+        done = sync(writer_o, source, scene, other, {vip})
         assert [(c.service, c.ingress) for c in done] == [((scene.ns, "lb"), (VIP,))]
         assert ingress(cluster, scene) == (VIP,)
         # before the watch delivers our own write, a second pass does not repeat it
-        sync(writer_a, source, scene, a, {vip})
+        sync(writer_o, source, scene, other, {vip})
         eventually(lambda: seen_ingress(source, scene) == (VIP,), what="own write seen")
         for _ in range(3):
-            assert sync(writer_a, source, scene, a, {vip}) == []
-        # failover: B holds the VIP now; the ingress is already right
-        assert sync(writer_b, source, scene, b, {vip}) == []
-        assert sync(writer_a, source, scene, a, set()) == []
-        assert results(writer_a, "ok") == 1 and results(writer_b, "ok") == 0
+            assert sync(writer_o, source, scene, other, {vip}) == []
+        # failover: the preferred node holds the VIP now; the ingress is already right
+        assert sync(writer_p, source, scene, str(preferred), {vip}) == []
+        assert sync(writer_o, source, scene, other, set()) == []
+        assert results(writer_o, "ok") == 1 and results(writer_p, "ok") == 0
         rv = cluster.read("Service", scene.ns, "lb")["metadata"]["resourceVersion"]
         assert source.snapshot().services[(scene.ns, "lb")]["metadata"]["resourceVersion"] == rv
 
