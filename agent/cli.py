@@ -190,7 +190,7 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
     import json
 
     from agent import netlink
-    from agent import status as status_mod
+    from agent.telemetry import status as status_mod
 
     try:
         settings = load_settings(config_file, flags)

@@ -54,7 +54,7 @@ class Source(Protocol):
 
 
 class Observer(Protocol):
-    """What metrics and status want to hear about (see agent.metrics)."""
+    """What metrics and status want to hear about (see agent.telemetry.metrics)."""
 
     def reconciled(self, seconds: float, ok: bool) -> None: ...
 

@@ -32,12 +32,12 @@ from agent.daemons import CONFIG_FILES
 from agent.daemons.modes import daemons_for
 from agent.daemons.spec import targets
 from agent.lease import LeaseElector, LeaseTimings
-from agent.metrics import Metrics
 from agent.reconcile import Agent, Fanout, Source
 from agent.settings import LiveSettings, Settings, SettingsError, node_name_of
 from agent.sources.kube import KubeApi, KubeSource, api_client_for
 from agent.sources.static import ManifestSource, StaticSource, Stoppable, watch_paths
 from agent.telemetry import Telemetry
+from agent.telemetry.metrics import Metrics
 from agent.writeback import AddressWriter, EventRecorder, IngressWriter, WriteBack
 
 log = logging.getLogger("vip-agent")

@@ -26,9 +26,9 @@ from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.daemons.haproxy import Haproxy, check_haproxy
 from agent.daemons.keepalived import check_keepalived
-from agent.metrics import REASON_CODES, Metrics
 from agent.reconcile import Agent
 from agent.settings import Settings
+from agent.telemetry.metrics import REASON_CODES, Metrics
 from labkit import objects
 from labkit.checkers import Checkers
 

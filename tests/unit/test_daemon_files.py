@@ -27,9 +27,9 @@ from agent.daemons.haproxy import HAPROXY_CFG
 from agent.daemons.keepalived import KEEPALIVED_CONF
 from agent.daemons.modes import NoDaemon, SystemdService, daemons_for
 from agent.daemons.spec import Hook, outputs, start_order, stop_order, targets
-from agent.metrics import Metrics
 from agent.reconcile import Agent
 from agent.settings import Settings
+from agent.telemetry.metrics import Metrics
 from agent.validate import CheckResult
 from labkit import objects
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent import status as status_mod
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.daemons import ReloadOutcome
 from agent.logs import redactor
-from agent.metrics import Metrics, MetricsServer, liveness, parse_address, readiness
 from agent.reconcile import Status
 from agent.settings import Settings
-from agent.vrrp_state import InstanceState
+from agent.telemetry import status as status_mod
+from agent.telemetry.metrics import Metrics, MetricsServer, liveness, parse_address, readiness
+from agent.telemetry.vrrp_state import InstanceState
 from labkit import objects
 
 SECRET = "Pw0rd.x1"

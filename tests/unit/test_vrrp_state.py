@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from agent.core.model import DesiredState
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
-from agent.metrics import Metrics
 from agent.settings import Settings
-from agent.vrrp_state import VrrpMonitor, VrrpStates, cross_check, ensure_fifo, parse_line
+from agent.telemetry.metrics import Metrics
+from agent.telemetry.vrrp_state import VrrpMonitor, VrrpStates, cross_check, ensure_fifo, parse_line
 from labkit.netlab import wait_for
 
 VIP = ipaddress.ip_address("192.0.2.10")

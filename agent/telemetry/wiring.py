@@ -1,7 +1,7 @@
 """What ``vip-agent run`` tells people and machines, wired in one place.
 
 One object owns the parts that watch the agent rather than do its job: the Prometheus
-registry and :class:`agent.metrics.Metrics`, the HTTP endpoint (``/metrics``,
+registry and :class:`agent.telemetry.metrics.Metrics`, the HTTP endpoint (``/metrics``,
 ``/healthz``, ``/readyz``), the VRRP notify FIFO monitor, the status file and the
 systemd readiness notification.  ``run`` builds it, passes :attr:`observer` to the
 :class:`agent.reconcile.Agent`, then calls :meth:`start` before the loop and
@@ -10,7 +10,7 @@ systemd readiness notification.  ``run`` builds it, passes :attr:`observer` to t
 Order matters in two places:
 
 * The FIFO is created in :meth:`start`, before the loop starts keepalived, so
-  keepalived writes to the FIFO the agent reads (see agent.vrrp_state).
+  keepalived writes to the FIFO the agent reads (see agent.telemetry.vrrp_state).
 * ``READY=1`` goes to systemd (``Type=notify``) after the first reconcile, before the
   daemons are started: keepalived.service is ordered after vip-agent.service, so it
   starts with the configuration just written, and the agent's own
@@ -29,14 +29,14 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from agent import status as status_mod
 from agent.core.model import DesiredState, IPAddress
 from agent.daemons import Daemon, ReloadOutcome
 from agent.logs import redactor
-from agent.metrics import Metrics, MetricsServer, build_version, liveness, readiness
 from agent.reconcile import Agent
 from agent.settings import Daemons, Settings
-from agent.vrrp_state import InstanceState, Mismatch, VrrpMonitor, VrrpStates
+from agent.telemetry import status as status_mod
+from agent.telemetry.metrics import Metrics, MetricsServer, build_version, liveness, readiness
+from agent.telemetry.vrrp_state import InstanceState, Mismatch, VrrpMonitor, VrrpStates
 
 log = logging.getLogger("vip-agent")
 
@@ -174,7 +174,9 @@ class Telemetry:
                     lambda: agent.status.heartbeat, clock=agent.clock, started=started
                 ),
                 readyz=readiness(
-                    lambda: agent.status.last_apply_ok, self._daemons_running, self.source_error
+                    lambda: agent.status.last_apply_ok,
+                    self._daemons_running,
+                    self.source_error,
                 ),
             )
         except OSError as err:

@@ -28,7 +28,7 @@ import psutil
 from agent.apply import replace_file
 from agent.core.model import IPAddress
 from agent.reconcile import Status
-from agent.vrrp_state import InstanceState, Mismatch
+from agent.telemetry.vrrp_state import InstanceState, Mismatch
 
 SCHEMA = 1
 FILE_NAME = "status.json"

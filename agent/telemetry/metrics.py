@@ -40,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.core.model import DesiredState, Reason
 from agent.daemons import CONFIG_FILES, ConfigFile, ReloadOutcome
-from agent.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
+from agent.telemetry.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
 
 log = logging.getLogger("vip-agent.metrics")
 
