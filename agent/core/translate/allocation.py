@@ -32,6 +32,8 @@ from agent.core.translate.common import Rejections, as_list, as_mapping, meta_of
 from agent.core.translate.requests import ANNOTATION_LB_IPS
 
 FAMILIES = {"IPv4": 4, "IPv6": 6}
+_KEY = f"annotations[{ANNOTATION_LB_IPS}]"
+"""Where an allocation is written: what a pending Service's rejection names."""
 
 
 def allocate(
@@ -47,18 +49,12 @@ def allocate(
     out: list[Allocation] = []
     for key in unaddressed:
         service = snapshot.services[key]
+        pending = rej.on("Service", "/".join(key))
         ranges = pools.serving(key[0])
         if not ranges:
-            rej.add(
-                Reason.POOL_EXHAUSTED,
-                kind="Service",
-                obj="/".join(key),
-                key=f"annotations[{ANNOTATION_LB_IPS}]",
-                reason=(
-                    f"no pool serves namespace {key[0]} (ConfigMap {pools.ref} has no "
-                    f"cidr-{key[0]}, range-{key[0]} or global key); pending"
-                ),
-            )
+            why = f"no pool serves namespace {key[0]} (ConfigMap {pools.ref} has no "
+            why += f"cidr-{key[0]}, range-{key[0]} or global key); pending"
+            pending.add(Reason.POOL_EXHAUSTED, key=_KEY, reason=why)
             continue
         wanted, required = _families(as_mapping(service.get("spec")), ranges)
         found: list[IPAddress] = []
@@ -71,17 +67,9 @@ def allocate(
                 found.append(address)
         if missing and (required or not found):
             families = " and ".join(f"IPv{f}" for f in missing)
-            rej.add(
-                Reason.POOL_EXHAUSTED,
-                kind="Service",
-                obj="/".join(key),
-                key=f"annotations[{ANNOTATION_LB_IPS}]",
-                reason=(
-                    f"no free {families} address in the pools of namespace {key[0]} "
-                    f"(ConfigMap {pools.ref}: {pools.describe(key[0])}); pending until one "
-                    "is freed"
-                ),
-            )
+            why = f"no free {families} address in the pools of namespace {key[0]} "
+            why += f"(ConfigMap {pools.ref}: {pools.describe(key[0])}); pending until one is freed"
+            pending.add(Reason.POOL_EXHAUSTED, key=_KEY, reason=why)
             continue
         taken.update(found)
         version = meta_of(service).get("resourceVersion")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from agent.core.model import Reason, Rejection
 from agent.core.snapshot import Obj
@@ -17,6 +18,35 @@ class Rejections:
 
     def add(self, code: Reason, *, kind: str, obj: str, key: str, reason: str) -> None:
         self.items.append(Rejection(kind=kind, obj=obj, key=key, reason=reason, code=code))
+
+    def on(self, kind: str, obj: str) -> Site:
+        """Rejections about one object: only the key and the reason vary."""
+        return Site(self, kind, obj)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One object's rejections (see :meth:`Rejections.on`)."""
+
+    rejections: Rejections
+    kind: str
+    obj: str
+
+    def add(self, code: Reason, *, key: str, reason: str) -> None:
+        self.rejections.add(code, kind=self.kind, obj=self.obj, key=key, reason=reason)
+
+    def parse(
+        self, parser: Callable[[Any], T], value: object, code: Reason, *, key: str
+    ) -> T | None:
+        """``parser(value)``, or None with the parser's message as the rejection."""
+        try:
+            return parser(value)
+        except ValueError as err:
+            self.add(code, key=key, reason=str(err))
+            return None
 
 
 def as_str(value: object) -> str | None:

@@ -14,7 +14,7 @@ from agent.core import grammar
 from agent.core.addresses import endpoint_reason
 from agent.core.model import IPAddress, Protocol, Reason
 from agent.core.snapshot import Key, Obj, Snapshot
-from agent.core.translate.common import Rejections, as_list, as_mapping, as_str, meta_of
+from agent.core.translate.common import Rejections, Site, as_list, as_mapping, as_str, meta_of
 
 
 @dataclass(frozen=True)
@@ -34,62 +34,41 @@ class Endpoint:
 
 def service_ports(service: Obj, ref: str, rej: Rejections) -> list[Port]:
     ports: list[Port] = []
+    site = rej.on("Service", ref)
     for index, raw in enumerate(as_list(as_mapping(service.get("spec")).get("ports"))):
-        raw = as_mapping(raw)
-        key = f"spec.ports[{index}]"
-        name = raw.get("name") or ""
-        if not isinstance(name, str) or (name and not grammar.IANA_SVC_NAME.match(name)):
-            rej.add(
-                Reason.BAD_PORT,
-                kind="Service",
-                obj=ref,
-                key=f"{key}.name",
-                reason="not a valid port name",
-            )
-            continue
-        try:
-            protocol = Protocol(raw.get("protocol") or "TCP")
-        except ValueError:
-            rej.add(
-                Reason.BAD_PROTOCOL,
-                kind="Service",
-                obj=ref,
-                key=f"{key}.protocol",
-                reason="must be TCP, UDP or SCTP",
-            )
-            continue
-        try:
-            port = grammar.parse_port(raw.get("port"))
-        except ValueError as err:
-            rej.add(Reason.BAD_PORT, kind="Service", obj=ref, key=f"{key}.port", reason=str(err))
-            continue
-        target = raw.get("targetPort", port)
-        if isinstance(target, str) and target.isdigit():
-            target = int(target)
-        if isinstance(target, str):
-            if not grammar.IANA_SVC_NAME.match(target):
-                rej.add(
-                    Reason.BAD_PORT,
-                    kind="Service",
-                    obj=ref,
-                    key=f"{key}.targetPort",
-                    reason="not a port number or port name",
-                )
-                continue
-        else:
-            try:
-                target = grammar.parse_port(target)
-            except ValueError as err:
-                rej.add(
-                    Reason.BAD_PORT,
-                    kind="Service",
-                    obj=ref,
-                    key=f"{key}.targetPort",
-                    reason=str(err),
-                )
-                continue
-        ports.append(Port(name=name, port=port, protocol=protocol, target=target))
+        port = _service_port(as_mapping(raw), f"spec.ports[{index}]", site)
+        if port is not None:
+            ports.append(port)
     return ports
+
+
+def _service_port(raw: Mapping[str, Any], key: str, site: Site) -> Port | None:
+    name = raw.get("name") or ""
+    if not isinstance(name, str) or (name and not grammar.IANA_SVC_NAME.match(name)):
+        site.add(Reason.BAD_PORT, key=f"{key}.name", reason="not a valid port name")
+        return None
+    try:
+        protocol = Protocol(raw.get("protocol") or "TCP")
+    except ValueError:
+        site.add(Reason.BAD_PROTOCOL, key=f"{key}.protocol", reason="must be TCP, UDP or SCTP")
+        return None
+    port = site.parse(grammar.parse_port, raw.get("port"), Reason.BAD_PORT, key=f"{key}.port")
+    if port is None:
+        return None
+    target = raw.get("targetPort", port)
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    if isinstance(target, str):
+        if not grammar.IANA_SVC_NAME.match(target):
+            site.add(
+                Reason.BAD_PORT, key=f"{key}.targetPort", reason="not a port number or port name"
+            )
+            return None
+    else:
+        target = site.parse(grammar.parse_port, target, Reason.BAD_PORT, key=f"{key}.targetPort")
+        if target is None:
+            return None
+    return Port(name=name, port=port, protocol=protocol, target=target)
 
 
 def _ready(conditions: Mapping[str, Any]) -> bool:
@@ -115,53 +94,31 @@ def _slice_endpoints(
 ) -> list[Endpoint]:
     found: list[Endpoint] = []
     for item in slices:
-        slice_name = f"{meta_of(item).get('namespace')}/{meta_of(item).get('name')}"
         address_type = item.get("addressType")
         if address_type not in ("IPv4", "IPv6"):
             continue
         if family is not None and address_type != f"IPv{family}":
             continue
-        number = _target_number(item.get("ports"), port)
+        site = rej.on(
+            "EndpointSlice", f"{meta_of(item).get('namespace')}/{meta_of(item).get('name')}"
+        )
+        number = _port_number(item.get("ports"), port, site, key="ports.port")
         if number is None:
-            continue
-        try:
-            number = grammar.parse_port(number)
-        except ValueError as err:
-            rej.add(
-                Reason.BAD_PORT,
-                kind="EndpointSlice",
-                obj=slice_name,
-                key="ports.port",
-                reason=str(err),
-            )
             continue
         for index, ep in enumerate(as_list(item.get("endpoints"))):
             ep = as_mapping(ep)
-            if not _ready(as_mapping(ep.get("conditions"))):
-                continue
             addresses = as_list(ep.get("addresses"))
-            if not addresses:
+            if not _ready(as_mapping(ep.get("conditions"))) or not addresses:
                 continue
-            try:
-                # addresses of one endpoint are fungible; kube-proxy uses the first
-                address = grammar.parse_ip(addresses[0])
-            except ValueError as err:
-                rej.add(
-                    Reason.BAD_ADDRESS,
-                    kind="EndpointSlice",
-                    obj=slice_name,
-                    key=f"endpoints[{index}].addresses",
-                    reason=str(err),
-                )
+            # addresses of one endpoint are fungible; kube-proxy uses the first
+            where = f"endpoints[{index}]"
+            address = site.parse(
+                grammar.parse_ip, addresses[0], Reason.BAD_ADDRESS, key=f"{where}.addresses"
+            )
+            if address is None:
                 continue
             if address.version != int(address_type[-1]):
-                rej.add(
-                    Reason.ADDRESS_FAMILY,
-                    kind="EndpointSlice",
-                    obj=slice_name,
-                    key=f"endpoints[{index}]",
-                    reason="wrong address family",
-                )
+                site.add(Reason.ADDRESS_FAMILY, key=where, reason="wrong address family")
                 continue
             found.append(Endpoint(address, number, as_str(ep.get("nodeName"))))
     return found
@@ -170,42 +127,38 @@ def _slice_endpoints(
 def _core_endpoints(
     endpoints: Obj, port: Port, family: int | None, rej: Rejections
 ) -> list[Endpoint]:
-    ref = f"{meta_of(endpoints).get('namespace')}/{meta_of(endpoints).get('name')}"
+    site = rej.on(
+        "Endpoints", f"{meta_of(endpoints).get('namespace')}/{meta_of(endpoints).get('name')}"
+    )
     found: list[Endpoint] = []
     for s_index, subset in enumerate(as_list(endpoints.get("subsets"))):
         subset = as_mapping(subset)
-        number = _target_number(subset.get("ports"), port)
+        number = _port_number(subset.get("ports"), port, site, key=f"subsets[{s_index}].ports")
         if number is None:
-            continue
-        try:
-            number = grammar.parse_port(number)
-        except ValueError as err:
-            rej.add(
-                Reason.BAD_PORT,
-                kind="Endpoints",
-                obj=ref,
-                key=f"subsets[{s_index}].ports",
-                reason=str(err),
-            )
             continue
         # notReadyAddresses are left out on purpose: only ready endpoints serve
         for a_index, entry in enumerate(as_list(subset.get("addresses"))):
             entry = as_mapping(entry)
-            try:
-                address = grammar.parse_ip(entry.get("ip"))
-            except ValueError as err:
-                rej.add(
-                    Reason.BAD_ADDRESS,
-                    kind="Endpoints",
-                    obj=ref,
-                    key=f"subsets[{s_index}].addresses[{a_index}].ip",
-                    reason=str(err),
-                )
+            address = site.parse(
+                grammar.parse_ip,
+                entry.get("ip"),
+                Reason.BAD_ADDRESS,
+                key=f"subsets[{s_index}].addresses[{a_index}].ip",
+            )
+            if address is None:
                 continue
             if family is not None and address.version != family:
                 continue
             found.append(Endpoint(address, number, as_str(entry.get("nodeName"))))
     return found
+
+
+def _port_number(ports: object, port: Port, site: Site, *, key: str) -> int | None:
+    """The valid endpoint port serving ``port``, or None (none serves it, or it is bad)."""
+    number = _target_number(ports, port)
+    if number is None:
+        return None
+    return site.parse(grammar.parse_port, number, Reason.BAD_PORT, key=key)
 
 
 def endpoint_objects(snapshot: Snapshot, service: Key) -> tuple[bool, tuple[Obj, ...]]:

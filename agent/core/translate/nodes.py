@@ -39,23 +39,20 @@ def read_nodes(snapshot: Snapshot, settings: Settings, rej: Rejections) -> dict[
             )
             continue
         ranked: list[tuple[int, int, IPAddress]] = []
+        site = rej.on("Node", name)
         for index, entry in enumerate(as_list(as_mapping(obj.get("status")).get("addresses"))):
             entry = as_mapping(entry)
             kind = entry.get("type")
             if kind not in settings.node_address_types:
                 continue
-            try:
-                address = grammar.parse_ip(entry.get("address"))
-            except ValueError as err:
-                rej.add(
-                    Reason.BAD_ADDRESS,
-                    kind="Node",
-                    obj=name,
-                    key=f"status.addresses[{index}]",
-                    reason=str(err),
-                )
-                continue
-            ranked.append((settings.node_address_types.index(kind), index, address))
+            address = site.parse(
+                grammar.parse_ip,
+                entry.get("address"),
+                Reason.BAD_ADDRESS,
+                key=f"status.addresses[{index}]",
+            )
+            if address is not None:
+                ranked.append((settings.node_address_types.index(kind), index, address))
         labels = {
             str(k): str(v)
             for k, v in as_mapping(meta_of(obj).get("labels")).items()

@@ -21,7 +21,7 @@ from typing import Any
 from agent.core import grammar
 from agent.core.model import IPAddress, Method, Reason, ServiceVips
 from agent.core.snapshot import Key, Snapshot
-from agent.core.translate.common import Rejections, as_mapping, meta_of
+from agent.core.translate.common import Rejections, Site, as_mapping, meta_of
 from agent.settings import Settings
 
 ANNOTATION_LB_IPS = "kube-vip.io/loadbalancerIPs"
@@ -94,78 +94,50 @@ def configmap_requests(snapshot: Snapshot, settings: Settings, rej: Rejections) 
     if cm is None:
         return []
     ref = f"{namespace}/{name}"
+    site = rej.on("ConfigMap", ref)
     data = cm.get("data") or {}
     if not isinstance(data, Mapping):
-        rej.add(Reason.BAD_ENTRY, kind="ConfigMap", obj=ref, key="data", reason="not a mapping")
+        site.add(Reason.BAD_ENTRY, key="data", reason="not a mapping")
         return []
     out: list[VipRequest] = []
     for key in sorted(data, key=str):
-        value = data[key]
         if not isinstance(key, str):
-            rej.add(
-                Reason.BAD_ENTRY,
-                kind="ConfigMap",
-                obj=ref,
-                key=str(key),
-                reason="key is not a string",
-            )
+            site.add(Reason.BAD_ENTRY, key=str(key), reason="key is not a string")
             continue
-        try:
-            vip = parse_configmap_key(key)
-        except ValueError:
-            rej.add(
-                Reason.BAD_ADDRESS,
-                kind="ConfigMap",
-                obj=ref,
-                key=key,
-                reason="not an IP address (IPv6: write '-' for ':')",
-            )
-            continue
-        if not isinstance(value, str):
-            rej.add(
-                Reason.BAD_ENTRY, kind="ConfigMap", obj=ref, key=key, reason="value is not a string"
-            )
-            continue
-        target, _, method_text = value.strip().partition(":")
-        if not target:
-            if method_text:
-                rej.add(
-                    Reason.BAD_ENTRY,
-                    kind="ConfigMap",
-                    obj=ref,
-                    key=key,
-                    reason="a method needs a namespace/service",
-                )
-                continue
-            out.append(VipRequest(vip, None, None, "ConfigMap", ref, key))
-            continue
-        svc_ns, slash, svc_name = target.partition("/")
-        if (
-            not slash
-            or not grammar.DNS_LABEL.match(svc_ns)
-            or not grammar.DNS_LABEL.match(svc_name)
-        ):
-            rej.add(
-                Reason.BAD_ENTRY,
-                kind="ConfigMap",
-                obj=ref,
-                key=key,
-                reason="value must be namespace/service[:NAT|DR|TUN|PROXY]",
-            )
-            continue
-        try:
-            method = Method(method_text.upper()) if method_text else Method.NAT
-        except ValueError:
-            rej.add(
-                Reason.BAD_METHOD,
-                kind="ConfigMap",
-                obj=ref,
-                key=key,
-                reason="method must be NAT, DR, TUN or PROXY",
-            )
-            continue
-        out.append(VipRequest(vip, (svc_ns, svc_name), method, "ConfigMap", ref, key))
+        request = _configmap_request(key, data[key], ref, site)
+        if request is not None:
+            out.append(request)
     return out
+
+
+def _configmap_request(key: str, value: object, ref: str, site: Site) -> VipRequest | None:
+    """One vip-configmap entry: ``VIP: namespace/service[:METHOD]`` or ``VIP: ""``."""
+    try:
+        vip = parse_configmap_key(key)
+    except ValueError:
+        site.add(Reason.BAD_ADDRESS, key=key, reason="not an IP address (IPv6: write '-' for ':')")
+        return None
+    if not isinstance(value, str):
+        site.add(Reason.BAD_ENTRY, key=key, reason="value is not a string")
+        return None
+    target, _, method_text = value.strip().partition(":")
+    if not target:
+        if method_text:
+            site.add(Reason.BAD_ENTRY, key=key, reason="a method needs a namespace/service")
+            return None
+        return VipRequest(vip, None, None, "ConfigMap", ref, key)
+    svc_ns, slash, svc_name = target.partition("/")
+    if not slash or not grammar.DNS_LABEL.match(svc_ns) or not grammar.DNS_LABEL.match(svc_name):
+        site.add(
+            Reason.BAD_ENTRY, key=key, reason="value must be namespace/service[:NAT|DR|TUN|PROXY]"
+        )
+        return None
+    try:
+        method = Method(method_text.upper()) if method_text else Method.NAT
+    except ValueError:
+        site.add(Reason.BAD_METHOD, key=key, reason="method must be NAT, DR, TUN or PROXY")
+        return None
+    return VipRequest(vip, (svc_ns, svc_name), method, "ConfigMap", ref, key)
 
 
 def service_requests(snapshot: Snapshot, rej: Rejections) -> ServiceAsks:
