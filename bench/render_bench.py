@@ -25,7 +25,10 @@ from pathlib import Path
 
 import yaml
 
-V4_POOLS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+# VIPs never collide with the Nodes' addresses (198.51.100.200-204, 2001:db8:1::200-204) or
+# the endpoints (203.0.113.0/24, 2001:db8:2::/64): the agent would refuse them, and the
+# figure would measure a broken cluster
+V4_POOLS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/25")]
 
 
 V4_HOSTS = [h for net in V4_POOLS for h in list(net.hosts())[1:]]

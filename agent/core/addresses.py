@@ -82,8 +82,23 @@ class Forbidden:
         return self.host.reason(address)
 
 
+# Fast paths: the checks below walk ipaddress's network lists, and a large cluster asks for
+# tens of thousands of endpoints.  Every reserved IPv4 form has one of these first octets;
+# IPv6's global unicast (2000::/3) and unique-local (fc00::/7) ranges hold none.
+_V4_SPECIAL_FIRST_OCTETS = frozenset({0, 127, 169, *range(224, 256)})
+
+
+def _ordinary(address: IPAddress) -> bool:
+    top = int(address) >> (24 if address.version == 4 else 112)
+    if address.version == 4:
+        return top not in _V4_SPECIAL_FIRST_OCTETS
+    return 0x2000 <= top <= 0x3FFF or 0xFC00 <= top <= 0xFDFF
+
+
 def reserved_reason(address: IPAddress) -> str | None:
     """Why ``address`` is never a unicast host address, or None."""
+    if _ordinary(address):
+        return None
     if address.is_unspecified:
         return "is the unspecified address"
     if address.is_loopback:

@@ -450,3 +450,24 @@ def test_a_namespace_no_pool_serves_stays_pending() -> None:
         "namespace tenant-b (ConfigMap kube-system/kubevip has no cidr-tenant-b, "
         "range-tenant-b or global key); pending"
     ]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    v4=st.integers(min_value=0, max_value=2**32 - 1),
+    v6=st.integers(min_value=0, max_value=2**128 - 1),
+)
+def test_the_fast_path_never_lets_a_reserved_form_through(v4: int, v6: int) -> None:
+    """reserved_reason skips ipaddress's slow checks for ordinary addresses; whatever it
+    skips must be ordinary by ipaddress's own rules."""
+    for address in (ipaddress.IPv4Address(v4), ipaddress.IPv6Address(v6)):
+        slow = (
+            address.is_unspecified
+            or address.is_loopback
+            or address.is_multicast
+            or address.is_link_local
+            or address.is_reserved
+            or (address.version == 4 and int(address) >> 24 == 0)
+            or (address.version == 6 and (address.is_site_local or address.ipv4_mapped))
+        )
+        assert (reserved_reason(address) is not None) == bool(slow), address

@@ -143,6 +143,7 @@ def translate(
     taken: set[Slot] = set()
     if cp_vip is not None:
         taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port))
+    vips = ownership.vips
     for request in admitted:
         if request.method is not None:
             forward(
@@ -151,7 +152,7 @@ def translate(
                 settings=settings,
                 node_name=node_name,
                 memo=memo,
-                vips=ownership.vips,
+                vips=vips,
                 taken=taken,
                 out=forwarding,
                 rej=rej,
