@@ -111,13 +111,13 @@ def check(
     if not local.ok or vip is None or not holds_vip():
         return local
     # kubeadm puts the control-plane endpoint (the VIP) in the apiserver certificate
-    through = probe(dataclasses.replace(config, url=_via(config.url, vip, vip_port)))
+    through = probe(dataclasses.replace(config, url=_via(config.url, vip=vip, port=vip_port)))
     if not through.ok:
         return ProbeResult(False, f"local apiserver healthy, but through the VIP: {through.reason}")
     return ProbeResult(True, f"{local.reason}; through the VIP: HTTP 200")
 
 
-def _via(url: str, vip: IPAddress, port: int) -> str:
+def _via(url: str, *, vip: IPAddress, port: int) -> str:
     host = f"[{vip}]" if vip.version == 6 else str(vip)
     return urlsplit(url)._replace(netloc=f"{host}:{port}").geturl()
 

@@ -65,7 +65,7 @@ def addresses(ifname: str) -> list[tuple[IPAddress, int]]:
 
 
 def remove_stale_vips(
-    ifname: str, managed: Iterable[IPAddress], keep: Iterable[IPAddress] = ()
+    ifname: str, managed: Iterable[IPAddress], *, keep: Iterable[IPAddress] = ()
 ) -> list[IPAddress]:
     """Delete host-prefix (/32, /128) addresses in ``managed`` from ``ifname``."""
     wanted = set(managed) - set(keep)

@@ -127,7 +127,9 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
     daemons = daemons_for(
         settings,
         files=CONFIG_FILES,
-        before_start={"keepalived": _stale_vip_cleaner(settings, interface, managed)},
+        before_start={
+            "keepalived": _stale_vip_cleaner(settings, interface=interface, managed=managed)
+        },
     )
     agent = Agent(
         settings=live,
@@ -236,13 +238,13 @@ def _writeback(
 
 
 def _stale_vip_cleaner(
-    settings: Settings, interface: str, managed: netlink.ManagedVips
+    settings: Settings, *, interface: str, managed: netlink.ManagedVips
 ) -> Callable[[], None]:
     """Before a fresh keepalived starts: remove the VIPs an earlier one left behind."""
 
     def clean() -> None:
         keep = {settings.node_address} if settings.node_address is not None else set()
-        removed = netlink.remove_stale_vips(interface, managed(), keep)
+        removed = netlink.remove_stale_vips(interface, managed(), keep=keep)
         if removed:
             log.warning(
                 "removed stale VIPs left by an earlier keepalived: %s",

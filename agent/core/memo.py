@@ -70,7 +70,7 @@ class IdentityMemo(Generic[V]):
     def turn(self) -> None:
         self._entries.turn()
 
-    def get(self, objs: tuple[object, ...], extra: Hashable, compute: Callable[[], V]) -> V:
+    def get(self, objs: tuple[object, ...], extra: Hashable, *, compute: Callable[[], V]) -> V:
         key = (tuple(id(o) for o in objs), extra)
         return self._entries.get(key, lambda: (objs, compute()))[1]
 

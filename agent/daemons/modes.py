@@ -31,7 +31,7 @@ def _systemctl(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 class SystemdService:
     """A daemon run by systemd (bare metal): the agent only asks systemctl to reload it."""
 
-    def __init__(self, name: str, unit: str, runner: Runner = _systemctl) -> None:
+    def __init__(self, name: str, unit: str, *, runner: Runner = _systemctl) -> None:
         self.name = name
         self.unit = unit
         self.runner = runner

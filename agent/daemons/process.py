@@ -71,7 +71,7 @@ def read_pid(pidfile: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def verified_process(pidfile: Path, exe: str, config: Path) -> psutil.Process | None:
+def verified_process(pidfile: Path, *, exe: str, config: Path) -> psutil.Process | None:
     """The process in ``pidfile`` if it really is ``exe`` running ``config`` (pids get reused)."""
     pid = read_pid(pidfile)
     if pid is None:
@@ -98,7 +98,7 @@ class Backoff:
     """
 
     def __init__(
-        self, clock: Clock, first: float = 0.5, cap: float = 30.0, healthy_after: float = 5.0
+        self, clock: Clock, *, first: float = 0.5, cap: float = 30.0, healthy_after: float = 5.0
     ) -> None:
         self.clock, self.first, self.cap, self.healthy_after = clock, first, cap, healthy_after
         self.delay = first
@@ -242,7 +242,7 @@ class Supervised:
     def start(self) -> None:
         self.wanted = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        running = verified_process(self.pidfile, self.exe, self.config)
+        running = verified_process(self.pidfile, exe=self.exe, config=self.config)
         if running is not None:
             log.info("%s: adopted running pid %d, no restart", self.name, running.pid)
             self.child.adopted, self.child.popen = running, None

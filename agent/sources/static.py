@@ -49,7 +49,7 @@ class _Changed(FileSystemEventHandler):
     """
 
     def __init__(
-        self, callback: Callable[[], None], files: set[str], directories: set[str]
+        self, callback: Callable[[], None], *, files: set[str], directories: set[str]
     ) -> None:
         self.callback = callback
         self.files = files
@@ -74,7 +74,7 @@ def watch_paths(paths: Sequence[Path], callback: Callable[[], None]) -> Stoppabl
     observer = Observer()
     files = {str(p.absolute()) for p in paths if not p.is_dir()}
     directories = {str(p.absolute()) for p in paths if p.is_dir()}
-    handler = _Changed(callback, files, directories)
+    handler = _Changed(callback, files=files, directories=directories)
     seen: set[Path] = set()
     for path in paths:
         directory = (path if path.is_dir() else path.parent).absolute()

@@ -340,6 +340,7 @@ def liveness(
 def readiness(
     last_apply_ok: Callable[[], bool | None],
     daemons_running: Callable[[], Mapping[str, bool]],
+    *,
     source_error: Callable[[], str | None] = lambda: None,
 ) -> Check:
     """Ready when the last apply passed validation, every daemon we run is up and the

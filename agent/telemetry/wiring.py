@@ -176,7 +176,7 @@ class Telemetry:
                 readyz=readiness(
                     lambda: agent.status.last_apply_ok,
                     self._daemons_running,
-                    self.source_error,
+                    source_error=self.source_error,
                 ),
             )
         except OSError as err:

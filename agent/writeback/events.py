@@ -142,9 +142,9 @@ class EventRecorder:
             for key in sorted(current):
                 seen = self._recorded.get(key)
                 if seen is None:
-                    self._create(key, current[key], snapshot)
+                    self._create(key, current[key], snapshot=snapshot)
                 elif key not in self._active or now - seen.last >= self.repeat_after:
-                    self._repeat(key, current[key], seen)
+                    self._repeat(key, current[key], seen=seen)
         except Unreachable as err:
             # the rest would wait out the same timeout one by one; try again next pass
             self.results.labels(result="failed").inc()
@@ -169,7 +169,7 @@ class EventRecorder:
                 involved[dst] = meta[src]
         return involved
 
-    def _create(self, key: EventKey, rejection: Rejection, snapshot: Snapshot) -> None:
+    def _create(self, key: EventKey, rejection: Rejection, *, snapshot: Snapshot) -> None:
         involved = self._involved(rejection, snapshot)
         if involved is None:
             return  # the object went away before we could say what was wrong with it
@@ -208,7 +208,7 @@ class EventRecorder:
             self.results.labels(result="created").inc()
             self.names[key] = name
 
-    def _repeat(self, key: EventKey, rejection: Rejection, seen: _Recorded) -> None:
+    def _repeat(self, key: EventKey, rejection: Rejection, *, seen: _Recorded) -> None:
         if not self.bucket.take():
             self.results.labels(result="limited").inc()
             return

@@ -37,10 +37,10 @@ def test_identity_memo_reuses_the_same_objects_only() -> None:
         return calls
 
     memo.turn()
-    assert memo.get((first,), "k", compute) == 1
-    assert memo.get((first,), "k", compute) == 1
-    assert memo.get((equal_copy,), "k", compute) == 2  # a new object is recomputed
-    assert memo.get((first,), "other", compute) == 3  # and so is another key
+    assert memo.get((first,), "k", compute=compute) == 1
+    assert memo.get((first,), "k", compute=compute) == 1
+    assert memo.get((equal_copy,), "k", compute=compute) == 2  # a new object is recomputed
+    assert memo.get((first,), "other", compute=compute) == 3  # and so is another key
     memo.turn()
     memo.turn()
     assert len(memo) == 0

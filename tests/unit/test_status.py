@@ -125,7 +125,7 @@ def test_a_failing_source_reaches_status_readiness_and_metrics() -> None:
     assert "cluster source: FAILING (API server unreachable (list services)" in text
     assert SECRET not in text
     failing: list[str | None] = [error]
-    ready = readiness(lambda: True, lambda: {}, lambda: failing[0])
+    ready = readiness(lambda: True, lambda: {}, source_error=lambda: failing[0])
     ok, why = ready()
     assert not ok and "cluster source failing" in why
     failing[0] = None

@@ -133,10 +133,10 @@ def translate(
     rej = Rejections()
     nodes = node_view(snapshot, settings, node_name=node_name, rej=rej)
     forbidden = Forbidden(node_addresses=every_node_address(snapshot), host=host or HostFacts())
-    cp_vip = _control_plane_vip(settings, forbidden, rej)
-    pools = read_pools(snapshot, settings, rej)
+    cp_vip = _control_plane_vip(settings, forbidden=forbidden, rej=rej)
+    pools = read_pools(snapshot, settings, rej=rej)
     asks = service_requests(snapshot, rej)
-    cm_requests = configmap_requests(snapshot, settings, rej)
+    cm_requests = configmap_requests(snapshot, settings, rej=rej)
     ownership = Ownership(control_plane_vip=cp_vip, forbidden=forbidden, pools=pools)
     admitted = [r for r in (*cm_requests, *asks.requests) if ownership.admit(r, rej)]
     forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
@@ -160,7 +160,7 @@ def translate(
     allocations = _allocations(
         asks,
         cm_requests,
-        cp_vip,
+        cp_vip=cp_vip,
         snapshot=snapshot,
         settings=settings,
         pools=pools,
@@ -204,8 +204,8 @@ def translate(
 def _allocations(
     asks: ServiceAsks,
     cm_requests: list[VipRequest],
-    cp_vip: IPAddress | None,
     *,
+    cp_vip: IPAddress | None,
     snapshot: Snapshot,
     settings: Settings,
     pools: Pools | None,
@@ -229,7 +229,7 @@ def _allocations(
 
 
 def _control_plane_vip(
-    settings: Settings, forbidden: Forbidden, rej: Rejections
+    settings: Settings, *, forbidden: Forbidden, rej: Rejections
 ) -> IPAddress | None:
     """The control-plane VIP of settings, unless it is a Node's or this node's address
     (reserved forms are refused when settings load)."""
@@ -249,7 +249,7 @@ def _control_plane_vip(
     return None
 
 
-def read_pools(snapshot: Snapshot, settings: Settings, rej: Rejections) -> Pools | None:
+def read_pools(snapshot: Snapshot, settings: Settings, *, rej: Rejections) -> Pools | None:
     """The pool ConfigMap, if it exists (without one, Services are not held to pools)."""
     namespace, name = settings.pool_configmap_ref
     cm = snapshot.configmaps.get((namespace, name))

@@ -60,7 +60,7 @@ def allocate(
         found: list[IPAddress] = []
         missing: list[int] = []
         for family in wanted:
-            address = _lowest_free(ranges, family, taken, forbidden)
+            address = _lowest_free(ranges, family, taken=taken, forbidden=forbidden)
             if address is None:
                 missing.append(family)
             else:
@@ -99,7 +99,7 @@ def _families(spec: Mapping[str, Any], ranges: Sequence[AddressRange]) -> tuple[
 
 
 def _lowest_free(
-    ranges: Sequence[AddressRange], family: int, taken: set[IPAddress], forbidden: Forbidden
+    ranges: Sequence[AddressRange], family: int, *, taken: set[IPAddress], forbidden: Forbidden
 ) -> IPAddress | None:
     best: IPAddress | None = None
     for pool_range in ranges:

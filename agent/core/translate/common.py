@@ -39,7 +39,7 @@ class Site:
         self.rejections.add(code, kind=self.kind, obj=self.obj, key=key, reason=reason)
 
     def parse(
-        self, parser: Callable[[Any], T], value: object, code: Reason, *, key: str
+        self, parser: Callable[[Any], T], value: object, *, code: Reason, key: str
     ) -> T | None:
         """``parser(value)``, or None with the parser's message as the rejection."""
         try:

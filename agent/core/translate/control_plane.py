@@ -56,12 +56,12 @@ def control_plane(
         garp_master_refresh=settings.control_plane_garp_master_refresh,
     )
     return ControlPlane(
-        instance=vrrp, track_file=track, apiserver=_apiserver(settings, vip, nodes, rej)
+        instance=vrrp, track_file=track, apiserver=_apiserver(settings, vip, nodes=nodes, rej=rej)
     )
 
 
 def _backends(
-    settings: Settings, vip: IPAddress, nodes: NodeView, rej: Rejections
+    settings: Settings, vip: IPAddress, *, nodes: NodeView, rej: Rejections
 ) -> list[ProxyServer]:
     if settings.control_plane_backends:
         return [
@@ -92,9 +92,9 @@ def _backends(
 
 
 def _apiserver(
-    settings: Settings, vip: IPAddress, nodes: NodeView, rej: Rejections
+    settings: Settings, vip: IPAddress, *, nodes: NodeView, rej: Rejections
 ) -> ApiserverProxy:
-    servers = _backends(settings, vip, nodes, rej)
+    servers = _backends(settings, vip, nodes=nodes, rej=rej)
     return ApiserverProxy(
         vip=vip,
         port=settings.control_plane_port,

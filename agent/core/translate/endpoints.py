@@ -32,17 +32,17 @@ class Endpoint:
     node: str | None
 
 
-def service_ports(service: Obj, ref: str, rej: Rejections) -> list[Port]:
+def service_ports(service: Obj, ref: str, *, rej: Rejections) -> list[Port]:
     ports: list[Port] = []
     site = rej.on("Service", ref)
     for index, raw in enumerate(as_list(as_mapping(service.get("spec")).get("ports"))):
-        port = _service_port(as_mapping(raw), f"spec.ports[{index}]", site)
+        port = _service_port(as_mapping(raw), f"spec.ports[{index}]", site=site)
         if port is not None:
             ports.append(port)
     return ports
 
 
-def _service_port(raw: Mapping[str, Any], key: str, site: Site) -> Port | None:
+def _service_port(raw: Mapping[str, Any], key: str, *, site: Site) -> Port | None:
     name = raw.get("name") or ""
     if not isinstance(name, str) or (name and not grammar.IANA_SVC_NAME.match(name)):
         site.add(Reason.BAD_PORT, key=f"{key}.name", reason="not a valid port name")
@@ -52,7 +52,7 @@ def _service_port(raw: Mapping[str, Any], key: str, site: Site) -> Port | None:
     except ValueError:
         site.add(Reason.BAD_PROTOCOL, key=f"{key}.protocol", reason="must be TCP, UDP or SCTP")
         return None
-    port = site.parse(grammar.parse_port, raw.get("port"), Reason.BAD_PORT, key=f"{key}.port")
+    port = site.parse(grammar.parse_port, raw.get("port"), code=Reason.BAD_PORT, key=f"{key}.port")
     if port is None:
         return None
     target = raw.get("targetPort", port)
@@ -65,7 +65,9 @@ def _service_port(raw: Mapping[str, Any], key: str, site: Site) -> Port | None:
             )
             return None
     else:
-        target = site.parse(grammar.parse_port, target, Reason.BAD_PORT, key=f"{key}.targetPort")
+        target = site.parse(
+            grammar.parse_port, target, code=Reason.BAD_PORT, key=f"{key}.targetPort"
+        )
         if target is None:
             return None
     return Port(name=name, port=port, protocol=protocol, target=target)
@@ -90,7 +92,7 @@ def _target_number(ports: object, port: Port) -> object:
 
 
 def _slice_endpoints(
-    slices: Iterable[Obj], port: Port, family: int | None, rej: Rejections
+    slices: Iterable[Obj], port: Port, *, family: int | None, rej: Rejections
 ) -> list[Endpoint]:
     found: list[Endpoint] = []
     for item in slices:
@@ -102,7 +104,7 @@ def _slice_endpoints(
         site = rej.on(
             "EndpointSlice", f"{meta_of(item).get('namespace')}/{meta_of(item).get('name')}"
         )
-        number = _port_number(item.get("ports"), port, site, key="ports.port")
+        number = _port_number(item.get("ports"), port, site=site, key="ports.port")
         if number is None:
             continue
         for index, ep in enumerate(as_list(item.get("endpoints"))):
@@ -113,7 +115,7 @@ def _slice_endpoints(
             # addresses of one endpoint are fungible; kube-proxy uses the first
             where = f"endpoints[{index}]"
             address = site.parse(
-                grammar.parse_ip, addresses[0], Reason.BAD_ADDRESS, key=f"{where}.addresses"
+                grammar.parse_ip, addresses[0], code=Reason.BAD_ADDRESS, key=f"{where}.addresses"
             )
             if address is None:
                 continue
@@ -125,7 +127,7 @@ def _slice_endpoints(
 
 
 def _core_endpoints(
-    endpoints: Obj, port: Port, family: int | None, rej: Rejections
+    endpoints: Obj, port: Port, *, family: int | None, rej: Rejections
 ) -> list[Endpoint]:
     site = rej.on(
         "Endpoints", f"{meta_of(endpoints).get('namespace')}/{meta_of(endpoints).get('name')}"
@@ -133,7 +135,7 @@ def _core_endpoints(
     found: list[Endpoint] = []
     for s_index, subset in enumerate(as_list(endpoints.get("subsets"))):
         subset = as_mapping(subset)
-        number = _port_number(subset.get("ports"), port, site, key=f"subsets[{s_index}].ports")
+        number = _port_number(subset.get("ports"), port, site=site, key=f"subsets[{s_index}].ports")
         if number is None:
             continue
         # notReadyAddresses are left out on purpose: only ready endpoints serve
@@ -142,7 +144,7 @@ def _core_endpoints(
             address = site.parse(
                 grammar.parse_ip,
                 entry.get("ip"),
-                Reason.BAD_ADDRESS,
+                code=Reason.BAD_ADDRESS,
                 key=f"subsets[{s_index}].addresses[{a_index}].ip",
             )
             if address is None:
@@ -153,12 +155,12 @@ def _core_endpoints(
     return found
 
 
-def _port_number(ports: object, port: Port, site: Site, *, key: str) -> int | None:
+def _port_number(ports: object, port: Port, *, site: Site, key: str) -> int | None:
     """The valid endpoint port serving ``port``, or None (none serves it, or it is bad)."""
     number = _target_number(ports, port)
     if number is None:
         return None
-    return site.parse(grammar.parse_port, number, Reason.BAD_PORT, key=key)
+    return site.parse(grammar.parse_port, number, code=Reason.BAD_PORT, key=key)
 
 
 def endpoint_objects(snapshot: Snapshot, service: Key) -> tuple[bool, tuple[Obj, ...]]:
@@ -186,9 +188,9 @@ def endpoints_for(
     """
     from_slices, objs = endpoint_objs
     if from_slices:
-        found = _slice_endpoints(objs, port, family, rej)
+        found = _slice_endpoints(objs, port, family=family, rej=rej)
     elif objs:
-        found = _core_endpoints(objs[0], port, family, rej)
+        found = _core_endpoints(objs[0], port, family=family, rej=rej)
     else:
         return []
     unique = {(e.address.version, int(e.address), e.port): e for e in found}

@@ -40,7 +40,7 @@ ANNOTATION_SCHEDULER = "vip-agent.io/scheduler"
 CLIENT_IP_TIMEOUT_DEFAULT = 10800
 
 
-def _scheduler(service: Obj, ref: str, settings: Settings, rej: Rejections) -> str:
+def _scheduler(service: Obj, ref: str, *, settings: Settings, rej: Rejections) -> str:
     raw = as_mapping(meta_of(service).get("annotations")).get(ANNOTATION_SCHEDULER)
     if raw is None:
         return settings.scheduler
@@ -56,7 +56,7 @@ def _scheduler(service: Obj, ref: str, settings: Settings, rej: Rejections) -> s
     return settings.scheduler
 
 
-def _persistence(service: Obj, ref: str, rej: Rejections) -> int | None:
+def _persistence(service: Obj, ref: str, *, rej: Rejections) -> int | None:
     spec = as_mapping(service.get("spec"))
     if spec.get("sessionAffinity") != "ClientIP":
         return None
@@ -157,12 +157,12 @@ def make_plan(
         endpoint_objs=endpoint_objs,
         vips=vips,
         local=local,
-        scheduler=_scheduler(service, svc_ref, settings, head),
-        persistence=_persistence(service, svc_ref, head),
+        scheduler=_scheduler(service, svc_ref, settings=settings, rej=head),
+        persistence=_persistence(service, svc_ref, rej=head),
         settings=settings,
         node_name=node_name,
     )
-    ports = tuple(_port_plan(context, port) for port in service_ports(service, svc_ref, head))
+    ports = tuple(_port_plan(context, port) for port in service_ports(service, svc_ref, rej=head))
     servers: set[IPAddress] = set()
     for port_plan in ports:
         if port_plan.virtual_server is not None:
@@ -216,11 +216,11 @@ def _port_plan(context: _Context, port: Port) -> PortPlan:
     listener: ProxyListener | None = None
     virtual_server: VirtualServer | None = None
     if method is Method.PROXY:
-        listener = _listener(vip, port, endpoints, where)
+        listener = _listener(vip, port, endpoints=endpoints, where=where)
     elif endpoints:
         # without endpoints no virtual server at all: the holder's own stack answers
         # with a reset instead of IPVS silently dropping into an empty service
-        virtual_server = _virtual_server(context, port, endpoints, where)
+        virtual_server = _virtual_server(context, port, endpoints=endpoints, where=where)
     return PortPlan(
         slot,
         where,
@@ -240,7 +240,9 @@ def _asked_by(request: VipRequest) -> str:
     return f" ({request.kind.lower()} {request.obj} key {request.key!r} asks for it)"
 
 
-def _listener(vip: IPAddress, port: Port, endpoints: list[Endpoint], where: str) -> ProxyListener:
+def _listener(
+    vip: IPAddress, port: Port, *, endpoints: list[Endpoint], where: str
+) -> ProxyListener:
     servers = tuple(
         ProxyServer(
             name=f"ep_{grammar.ip_token(e.address)}_{e.port}", address=e.address, port=e.port
@@ -257,7 +259,7 @@ def _listener(vip: IPAddress, port: Port, endpoints: list[Endpoint], where: str)
 
 
 def _virtual_server(
-    context: _Context, port: Port, endpoints: list[Endpoint], where: str
+    context: _Context, port: Port, *, endpoints: list[Endpoint], where: str
 ) -> VirtualServer:
     settings = context.settings
     check = (
@@ -306,7 +308,7 @@ class PlanMemo:
         return self._plans.get(
             (settings, service, *objs),
             key,
-            lambda: make_plan(
+            compute=lambda: make_plan(
                 request,
                 service=service,
                 endpoint_objs=endpoint_objs,

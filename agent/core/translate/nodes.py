@@ -25,7 +25,7 @@ class NodeInfo:
         return next((a for a in self.addresses if a.version == family), None)
 
 
-def read_nodes(snapshot: Snapshot, settings: Settings, rej: Rejections) -> dict[str, NodeInfo]:
+def read_nodes(snapshot: Snapshot, settings: Settings, *, rej: Rejections) -> dict[str, NodeInfo]:
     out: dict[str, NodeInfo] = {}
     for name in sorted(snapshot.nodes):
         obj = snapshot.nodes[name]
@@ -48,7 +48,7 @@ def read_nodes(snapshot: Snapshot, settings: Settings, rej: Rejections) -> dict[
             address = site.parse(
                 grammar.parse_ip,
                 entry.get("address"),
-                Reason.BAD_ADDRESS,
+                code=Reason.BAD_ADDRESS,
                 key=f"status.addresses[{index}]",
             )
             if address is not None:
@@ -95,7 +95,7 @@ class NodeView:
 def node_view(
     snapshot: Snapshot, settings: Settings, *, node_name: str, rej: Rejections
 ) -> NodeView:
-    nodes = read_nodes(snapshot, settings, rej)
+    nodes = read_nodes(snapshot, settings, rej=rej)
     if snapshot.nodes_known and node_name not in nodes:
         rej.add(
             Reason.NODE_NOT_IN_CLUSTER,

@@ -88,7 +88,9 @@ def parse_configmap_key(key: str) -> IPAddress:
     return grammar.parse_ip(text)
 
 
-def configmap_requests(snapshot: Snapshot, settings: Settings, rej: Rejections) -> list[VipRequest]:
+def configmap_requests(
+    snapshot: Snapshot, settings: Settings, *, rej: Rejections
+) -> list[VipRequest]:
     namespace, name = settings.configmap_ref
     cm = snapshot.configmaps.get((namespace, name))
     if cm is None:
@@ -104,13 +106,13 @@ def configmap_requests(snapshot: Snapshot, settings: Settings, rej: Rejections) 
         if not isinstance(key, str):
             site.add(Reason.BAD_ENTRY, key=str(key), reason="key is not a string")
             continue
-        request = _configmap_request(key, data[key], ref, site)
+        request = _configmap_request(key, data[key], ref=ref, site=site)
         if request is not None:
             out.append(request)
     return out
 
 
-def _configmap_request(key: str, value: object, ref: str, site: Site) -> VipRequest | None:
+def _configmap_request(key: str, value: object, *, ref: str, site: Site) -> VipRequest | None:
     """One vip-configmap entry: ``VIP: namespace/service[:METHOD]`` or ``VIP: ""``."""
     try:
         vip = parse_configmap_key(key)
@@ -174,7 +176,7 @@ def service_requests(snapshot: Snapshot, rej: Rejections) -> ServiceAsks:
                 reason="not valid",
             )
             continue
-        out.extend(_requests(key, service, addresses, rej))
+        out.extend(_requests(key, service, addresses=addresses, rej=rej))
     asked.sort(key=lambda a: a.service)
     return ServiceAsks(requests=out, asked=tuple(asked), unaddressed=tuple(unaddressed))
 
@@ -211,6 +213,7 @@ def _valid(texts: list[object]) -> Iterator[IPAddress]:
 def _requests(
     key: Key,
     service: Mapping[str, Any],
+    *,
     addresses: tuple[list[object], str] | None,
     rej: Rejections,
 ) -> Iterator[VipRequest]:

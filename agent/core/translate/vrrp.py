@@ -133,13 +133,18 @@ def service_instances(
                 )
             )
             continue
-        out.extend(_spread_instances(vips, service_vips, local_vips, settings, common))
+        out.extend(
+            _spread_instances(
+                vips, service_vips, local_vips=local_vips, settings=settings, common=common
+            )
+        )
     return out
 
 
 def _spread_instances(
     vips: list[IPAddress],
     service_vips: Mapping[IPAddress, list[str]],
+    *,
     local_vips: Mapping[IPAddress, bool],
     settings: Settings,
     common: dict[str, Any],
