@@ -78,11 +78,14 @@ class Pools:
     ref: str
     """``namespace/name`` of the ConfigMap, for messages."""
     ranges: Mapping[str, tuple[AddressRange, ...]]
+    """Every namespace (or ``global``) that has a key, even one whose entries are all
+    broken: such a namespace has pools of its own (none usable), never the global ones."""
 
     def serving(self, namespace: str) -> tuple[AddressRange, ...]:
         """The ranges a Service in ``namespace`` may use: its own, else the global ones."""
-        own = self.ranges.get(namespace)
-        return own if own else self.ranges.get(GLOBAL, ())
+        if namespace in self.ranges:
+            return self.ranges[namespace]
+        return self.ranges.get(GLOBAL, ())
 
     def serves(self, namespace: str, address: IPAddress) -> bool:
         return any(address in r for r in self.serving(namespace))
@@ -109,13 +112,11 @@ def parse_entry(text: str) -> AddressRange:
             if network.version == 4:
                 last = last - 1
         return AddressRange(first=first, last=last, text=str(network))
-    low, dash, high = text.partition("-")
-    if not dash:
-        raise PoolError(f"{text!r} is neither a CIDR nor a first-last range")
+    low, _, high = text.partition("-")
     try:
         first, last = grammar.parse_ip(low.strip()), grammar.parse_ip(high.strip())
-    except ValueError as err:
-        raise PoolError(f"{text!r}: {err}") from None
+    except ValueError:
+        raise PoolError(f"{text!r} is neither a CIDR nor a first-last range") from None
     if first.version != last.version:
         raise PoolError(f"{text!r} mixes IPv4 and IPv6")
     if int(first) > int(last):
@@ -142,12 +143,13 @@ def parse_pools(ref: str, data: Mapping[str, object]) -> tuple[Pools, list[tuple
         if namespace is None:
             continue
         value = data[key]
+        ranges.setdefault(namespace, [])
         if not isinstance(value, str):
             problems.append((key, "value is not a string"))
             continue
         for entry in _entries(value):
             try:
-                ranges.setdefault(namespace, []).append(parse_entry(entry))
+                ranges[namespace].append(parse_entry(entry))
             except PoolError as err:
                 problems.append((key, str(err)))
     ordered = {

@@ -55,17 +55,33 @@ CASES: dict[str, dict[str, Any]] = {
         "health_mode": "fault",
         "scheduler": "wlc",
     },
+    # a cluster shared by teams: refused addresses and endpoints, a contested VIP, a
+    # deliberate share, pools per namespace, allocations (what each node would write)
+    "shared-cluster-ownership": {
+        "manifests": "shared-cluster.yaml",
+        "node_name": "node-1",
+        "interface": "eth0",
+        "unicast": True,
+    },
 }
 
 
 def rendered(case: str) -> dict[str, str]:
-    settings = Settings(**CASES[case])
-    snapshot = load_snapshot([str(EXAMPLES / "cluster.yaml")])
+    """The rendered files, and what a dry run prints on stderr and would allocate."""
+    values = dict(CASES[case])
+    snapshot = load_snapshot([str(EXAMPLES / values.pop("manifests", "cluster.yaml"))])
+    settings = Settings(**values)
     assert settings.node_name and settings.interface
     state = translate(
         snapshot, settings, node_name=settings.node_name, interface=settings.interface
     )
-    return render.Renderer(template_dirs(None)).render(state)
+    files = render.Renderer(template_dirs(None)).render(state)
+    lines = [f"rejected: {r}" for r in state.rejections]
+    lines += [
+        f"allocate: {'/'.join(a.service)} {', '.join(map(str, a.addresses))}"
+        for a in state.allocations
+    ]
+    return {**files, "rejections.txt": "".join(f"{line}\n" for line in lines)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -447,9 +447,18 @@ def test_a_namespace_no_pool_serves_stays_pending() -> None:
     assert state.allocations == ()
     assert [str(r) for r in state.rejections] == [
         "Service tenant-b/web key 'annotations[kube-vip.io/loadbalancerIPs]': no pool serves "
-        "namespace tenant-b (ConfigMap kube-system/kubevip has no cidr-tenant-b, "
-        "range-tenant-b or global key); pending"
+        "namespace tenant-b (ConfigMap kube-system/kubevip has no usable cidr-tenant-b, "
+        "range-tenant-b or global entry); pending"
     ]
+
+
+def test_a_namespace_whose_own_pool_is_broken_gets_no_global_address() -> None:
+    """Admins gave the namespace pools of its own: a typo there must not hand it addresses
+    meant for everyone else."""
+    data = {"cidr-global": "192.0.2.64/29", "cidr-tenant-b": "192.0.2.96/28 oops"}
+    state = run([*NODES, pools(data), lb("web", namespace="tenant-b")])
+    assert state.allocations == ()
+    assert {r.code for r in state.rejections} == {Reason.BAD_POOL, Reason.POOL_EXHAUSTED}
 
 
 @settings(max_examples=2000, deadline=None)

@@ -52,8 +52,8 @@ def allocate(
         pending = rej.on("Service", "/".join(key))
         ranges = pools.serving(key[0])
         if not ranges:
-            why = f"no pool serves namespace {key[0]} (ConfigMap {pools.ref} has no "
-            why += f"cidr-{key[0]}, range-{key[0]} or global key); pending"
+            why = f"no pool serves namespace {key[0]} (ConfigMap {pools.ref} has no usable "
+            why += f"cidr-{key[0]}, range-{key[0]} or global entry); pending"
             pending.add(Reason.POOL_EXHAUSTED, key=_KEY, reason=why)
             continue
         wanted, required = _families(as_mapping(service.get("spec")), ranges)
