@@ -109,7 +109,6 @@ class Status:
     """What happened last, for /healthz, ``vip-agent status`` and the logs."""
 
     reconciles: int = 0
-    renders: int = 0
     last_apply_ok: bool | None = None
     last_apply_wall: float | None = None
     last_error: str | None = None
@@ -213,7 +212,6 @@ class Agent:
             files = self._renderer().render(state, self._outputs)
         except render_mod.RenderError as err:
             return self._failed(f"render: {err}")
-        self.status.renders += 1
         result = apply(self.targets, files)
         self.observer.applied(result.changed, result.errors)
         if not result.ok:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -279,3 +280,36 @@ class VipWatch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def scrape(host: Host, path: str = "/metrics") -> tuple[int, str]:
+    """(HTTP status, body) of ``path`` on the agent's port, from inside the namespace."""
+    port_file = host.dir / "run" / "metrics.port"
+    if not port_file.exists():
+        return 0, ""
+    port = int(port_file.read_text())
+    done = host.run(
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        "-w",
+        "\n%{http_code}",
+        f"http://127.0.0.1:{port}{path}",
+        check=False,
+    )
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def sample(body: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in the text exposition format."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in body.splitlines():
+        match = re.match(r"^([a-z_:]+)(\{[^}]*\})? (\S+)$", line)
+        if not match or match[1] != name:
+            continue
+        got = ",".join(sorted((match[2] or "{}")[1:-1].split(","))) if match[2] else ""
+        if got == wanted:
+            return float(match[3])
+    return None

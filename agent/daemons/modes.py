@@ -35,6 +35,7 @@ class SystemdService:
         self.name = name
         self.unit = unit
         self.runner = runner
+        self.restarts = 0  # systemd restarts the unit; the agent never does
 
     def start(self) -> None:
         done = self.runner(["systemctl", "is-active", "--quiet", self.unit])
@@ -63,6 +64,7 @@ class NoDaemon:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.restarts = 0
 
     def start(self) -> None:
         return None

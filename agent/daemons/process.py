@@ -47,6 +47,8 @@ class ReloadOutcome:
 
 class Daemon(Protocol):
     name: str
+    restarts: int
+    """Times the agent started it again after it died (supervise mode; else 0)."""
 
     def start(self) -> None:
         """Adopt a running instance or start one (no-op for modes without processes)."""

@@ -31,15 +31,16 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.core.model import DesiredState, Reason
-from agent.daemons import CONFIG_FILES, ConfigFile, ReloadOutcome
+from agent.daemons import CONFIG_FILES, ConfigFile, Daemon, ReloadOutcome
 from agent.telemetry.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
 
 log = logging.getLogger("vip-agent.metrics")
@@ -302,6 +303,25 @@ class Metrics:
             for problem in PROBLEMS:
                 value = 1 if (instance, problem) in now else 0
                 self.vrrp_mismatch.labels(instance=instance, problem=problem).set(value)
+
+
+class DaemonRestarts:
+    """``vip_agent_daemon_restarts_total{daemon}``, read from the supervised daemons when
+    Prometheus scrapes (a custom collector, as client_python's process collector is): the
+    count lives where the restart happens, and is never kept twice."""
+
+    def __init__(self, daemons: Callable[[], Mapping[str, Daemon]]) -> None:
+        self.daemons = daemons
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "vip_agent_daemon_restarts",
+            "Times the agent started a supervised daemon again after it died.",
+            labels=["daemon"],
+        )
+        for name, daemon in sorted(self.daemons().items()):
+            family.add_metric([name], daemon.restarts)
+        yield family
 
 
 # --- health ---------------------------------------------------------------------------

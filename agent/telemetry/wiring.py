@@ -35,7 +35,14 @@ from agent.logs import redactor
 from agent.reconcile import Agent
 from agent.settings import Daemons, Settings
 from agent.telemetry import status as status_mod
-from agent.telemetry.metrics import Metrics, MetricsServer, build_version, liveness, readiness
+from agent.telemetry.metrics import (
+    DaemonRestarts,
+    Metrics,
+    MetricsServer,
+    build_version,
+    liveness,
+    readiness,
+)
 from agent.telemetry.vrrp_state import InstanceState, Mismatch, VrrpMonitor, VrrpStates
 
 log = logging.getLogger("vip-agent")
@@ -163,6 +170,7 @@ class Telemetry:
         Raises OSError (with a message for people) when the port cannot be bound.
         """
         self.agent = agent
+        self.registry.register(DaemonRestarts(lambda: agent.daemons))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.monitor.open()
         self.monitor.start()

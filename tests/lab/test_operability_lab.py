@@ -16,7 +16,7 @@ import stat
 
 import pytest
 
-from labkit.netlab import PYTHON, Host, Lab, agent_config, start_agent, wait_for
+from labkit.netlab import PYTHON, Host, Lab, agent_config, sample, scrape, start_agent, wait_for
 from tests.conftest import ROOT
 
 VIP = "192.0.2.10"
@@ -24,39 +24,6 @@ SECRET = "q7Zx.w9K"
 
 
 pytestmark = pytest.mark.usefixtures("lab_ready")
-
-
-def scrape(host: Host, path: str = "/metrics") -> tuple[int, str]:
-    """(HTTP status, body) of ``path`` on the agent's port, from inside the namespace."""
-    port_file = host.dir / "run" / "metrics.port"
-    if not port_file.exists():
-        return 0, ""
-    port = int(port_file.read_text())
-    done = host.run(
-        "curl",
-        "-s",
-        "-m",
-        "5",
-        "-w",
-        "\n%{http_code}",
-        f"http://127.0.0.1:{port}{path}",
-        check=False,
-    )
-    body, _, code = done.stdout.rpartition("\n")
-    return int(code or 0), body
-
-
-def sample(body: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in the text exposition format."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in body.splitlines():
-        match = re.match(r"^([a-z_:]+)(\{[^}]*\})? (\S+)$", line)
-        if not match or match[1] != name:
-            continue
-        got = ",".join(sorted((match[2] or "{}")[1:-1].split(","))) if match[2] else ""
-        if got == wanted:
-            return float(match[3])
-    return None
 
 
 def vrrp(host: Host, state: str) -> float | None:
