@@ -17,6 +17,8 @@ from agent import settings as settings_mod
 from agent.apply import write_file
 from agent.core import render as render_mod
 from agent.core.translate import translate
+from agent.daemons import config_files_for
+from agent.daemons.spec import outputs
 from agent.settings import Settings, SettingsError, node_name_of
 from agent.sources.manifests import ManifestError, load_snapshot
 
@@ -108,8 +110,6 @@ def render(
 def _render_once(
     output_dir: str | None, strict: bool, config_file: str | None, flags: dict[str, Any]
 ) -> None:
-    from agent.daemons import CONFIG_FILES
-    from agent.daemons.spec import outputs
 
     try:
         settings = load_settings(config_file, flags)
@@ -124,7 +124,9 @@ def _render_once(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
     try:
-        files = render_mod.Renderer(template_dirs(settings)).render(state, outputs(CONFIG_FILES))
+        files = render_mod.Renderer(template_dirs(settings)).render(
+            state, outputs(config_files_for(settings))
+        )
     except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))
     for rejection in state.rejections:

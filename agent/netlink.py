@@ -15,6 +15,7 @@ configuration it last installed), and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
@@ -26,17 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.core.addresses import HostFacts, IPNetwork
 from agent.core.model import DesiredState, IPAddress
 
 log = logging.getLogger("vip-agent.netlink")
 
-_VIP_LINE = re.compile(r"^\s+([0-9A-Fa-f:.]+)/(32|128) dev \S+$", re.M)
+# keepalived.conf: "    192.0.2.50/32 dev eth0"; bird.conf: "    route 192.0.2.50/32 ..." and
+# the prefix sets of its filters, "        192.0.2.50/32," (both are files the agent wrote)
+_VIP_LINE = re.compile(
+    r"^\s+(?:route )?([0-9A-Fa-f:.]+)/(32|128)(?: dev \S+| unreachable;.*|,)?$", re.M
+)
 
 
 def vips_in_config(path: Path) -> set[IPAddress]:
-    """VIPs named in a keepalived.conf the agent rendered (its own, known format)."""
+    """VIPs named in a keepalived.conf or bird.conf the agent rendered (its own format)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -162,16 +168,16 @@ class HostFactsCache:
 
 class ManagedVips:
     """The VIPs this agent manages: those of its last desired state and those of the
-    keepalived.conf it last installed (a VIP keepalived still holds from before a
+    files it last installed (keepalived.conf, bird.conf: a VIP still held from before a
     restart).  Host facts leave them out; stale-VIP clean-up removes only them."""
 
-    def __init__(self, config: Path) -> None:
-        self.config = config
+    def __init__(self, *configs: Path) -> None:
+        self.configs = configs
         self._desired: frozenset[IPAddress] = frozenset()
 
     def rendered(self, state: DesiredState) -> None:
         """An observer of the reconcile loop: remember the VIPs of each desired state."""
-        self._desired = frozenset(v for i in state.instances for v in (*i.vips, *i.excluded_vips))
+        self._desired = desired_vips(state)
 
     def reconciled(self, seconds: float, ok: bool) -> None:
         return None
@@ -183,4 +189,62 @@ class ManagedVips:
         return None
 
     def __call__(self) -> set[IPAddress]:
-        return set(self._desired) | vips_in_config(self.config)
+        found = set(self._desired)
+        for config in self.configs:
+            found |= vips_in_config(config)
+        return found
+
+
+def desired_vips(state: DesiredState) -> frozenset[IPAddress]:
+    """Every VIP a desired state puts on this node: VRRP's, or BGP's announcements."""
+    vrrp = (v for i in state.instances for v in (*i.vips, *i.excluded_vips))
+    bgp = (a.vip for a in state.bgp.announcements) if state.bgp is not None else ()
+    return frozenset((*vrrp, *bgp))
+
+
+class HostRoutes:
+    """Host-prefix addresses the agent keeps on an interface itself (mode bgp: the VIPs
+    BIRD announces live on ``lo``, so the node accepts their traffic), and the routes of
+    the health gate.  Only addresses the agent manages are ever removed."""
+
+    def __init__(self, *, ifname: str, managed: Callable[[], Iterable[IPAddress]]) -> None:
+        self.ifname = ifname
+        self.managed = managed
+
+    def sync(self, wanted: Iterable[IPAddress]) -> tuple[list[IPAddress], list[IPAddress]]:
+        """Add what is wanted and missing, remove managed ones no longer wanted."""
+        want = set(wanted)
+        present = {a for a, prefix in addresses(self.ifname) if prefix == a.max_prefixlen}
+        added, removed = sorted(want - present, key=_order), []
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=self.ifname)
+            if not index:
+                raise OSError(f"no interface {self.ifname}")
+            for address in added:
+                ipr.addr(
+                    "add", index=index[0], address=str(address), prefixlen=address.max_prefixlen
+                )
+            for address in sorted((set(self.managed()) & present) - want, key=_order):
+                ipr.addr(
+                    "del", index=index[0], address=str(address), prefixlen=address.max_prefixlen
+                )
+                removed.append(address)
+        return added, removed
+
+
+def _order(address: IPAddress) -> tuple[int, int]:
+    return address.version, int(address)
+
+
+def set_gate(vip: IPAddress, *, table: int, ifname: str, open_: bool) -> None:
+    """Put ``vip``'s host route in (or take it out of) the gate table BIRD learns from."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            raise OSError(f"no interface {ifname}")
+        dst = f"{vip}/{vip.max_prefixlen}"
+        if open_:
+            ipr.route("replace", dst=dst, oif=index[0], table=table)
+        else:
+            with contextlib.suppress(NetlinkError):  # already gone
+                ipr.route("del", dst=dst, oif=index[0], table=table)

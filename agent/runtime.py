@@ -27,13 +27,13 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from agent import assets, health, netlink
-from agent.core.model import IPAddress
-from agent.daemons import CONFIG_FILES
+from agent.core.model import DesiredState, IPAddress
+from agent.daemons import config_files_for
 from agent.daemons.modes import daemons_for
 from agent.daemons.spec import targets
 from agent.lease import LeaseElector, LeaseTimings
-from agent.reconcile import Agent, Fanout, Source
-from agent.settings import LiveSettings, Settings, SettingsError, node_name_of
+from agent.reconcile import Agent, Fanout, NullObserver, Source
+from agent.settings import LiveSettings, Mode, Settings, SettingsError, node_name_of
 from agent.sources.kube import KubeApi, KubeSource, api_client_for
 from agent.sources.static import ManifestSource, StaticSource, Stoppable, watch_paths
 from agent.telemetry import Telemetry
@@ -109,7 +109,8 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
     live = LiveSettings(settings)
     node_name = node_name_of(settings)
     interface = _interface(settings)
-    metrics = Metrics(CollectorRegistry(), config_files=CONFIG_FILES)
+    files = config_files_for(settings)
+    metrics = Metrics(CollectorRegistry(), config_files=files)
     source, api = _source(settings, metrics)
     elector = _elector(settings, api=api, node_name=node_name)
     writeback = _writeback(
@@ -123,10 +124,10 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
         metrics=metrics,
         cluster=writeback,
     )
-    managed = netlink.ManagedVips(Path(settings.keepalived_config))
+    managed = netlink.ManagedVips(Path(settings.keepalived_config), Path(settings.bird_config))
     daemons = daemons_for(
         settings,
-        files=CONFIG_FILES,
+        files=files,
         before_start={
             "keepalived": _stale_vip_cleaner(settings, interface=interface, managed=managed)
         },
@@ -135,11 +136,12 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
         settings=live,
         source=source,
         daemons=daemons,
-        targets=targets(settings, CONFIG_FILES),
+        targets=targets(settings, files),
+        config_files=files,
         template_dirs=lambda: assets.template_dirs(live.get().templates),
         node_name=node_name,
         interface=interface,
-        observer=Fanout(telemetry.observer, managed),
+        observer=Fanout(telemetry.observer, managed, *_announcers(settings, managed)),
         after_reconcile=writeback.submit if writeback is not None else None,
         host=netlink.HostFactsCache(managed=managed),
     )
@@ -154,7 +156,7 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
         telemetry=telemetry,
         writeback=writeback,
         elector=elector,
-        prober=_prober(live, metrics),
+        prober=_prober(live, metrics, gate=_gate(settings)),
         reload_settings=reload,
         watched=[Path(settings.templates)] if settings.templates else [],
         config_file=Path(config_file) if config_file else None,
@@ -254,11 +256,65 @@ def _stale_vip_cleaner(
     return clean
 
 
-def _prober(live: LiveSettings, metrics: Metrics) -> health.Prober | None:
+class LoopbackVips(NullObserver):
+    """Mode bgp: the VIPs BIRD announces live on ``bgp_vip_interface`` (``lo``), so the node
+    accepts their traffic; each desired state adds what is new and removes what went (the
+    agent's own addresses only)."""
+
+    def __init__(self, routes: netlink.HostRoutes) -> None:
+        self.routes = routes
+
+    def rendered(self, state: DesiredState) -> None:
+        try:
+            added, removed = self.routes.sync(netlink.desired_vips(state))
+        except Exception as err:  # pyroute2's NetlinkError is not an OSError
+            log.error("cannot set the VIPs on %s: %s", self.routes.ifname, err)
+            return
+        if added or removed:
+            log.info(
+                "%s: added %s, removed %s",
+                self.routes.ifname,
+                ", ".join(map(str, added)) or "-",
+                ", ".join(map(str, removed)) or "-",
+            )
+
+
+def _announcers(settings: Settings, managed: netlink.ManagedVips) -> list[LoopbackVips]:
+    if settings.mode is not Mode.BGP:
+        return []  # keepalived puts VRRP's VIPs on the interface itself
+    return [LoopbackVips(netlink.HostRoutes(ifname=settings.bgp_vip_interface, managed=managed))]
+
+
+def _gate(settings: Settings) -> Callable[[bool], None]:
+    """Mode bgp: open or close the health gate of the control-plane VIP (BIRD announces
+    it only while its route is in the gate table); VRRP mode: nothing (the track file)."""
+    vip = settings.control_plane_vip
+    if settings.mode is not Mode.BGP or vip is None:
+        return lambda healthy: None
+
+    def gate(healthy: bool) -> None:
+        try:
+            netlink.set_gate(
+                vip, table=settings.bgp_gate_table, ifname=settings.bgp_vip_interface, open_=healthy
+            )
+        except Exception as err:  # pyroute2's NetlinkError is not an OSError
+            log.error("cannot %s the gate of %s: %s", "open" if healthy else "close", vip, err)
+
+    return gate
+
+
+def _prober(
+    live: LiveSettings, metrics: Metrics, *, gate: Callable[[bool], None]
+) -> health.Prober | None:
     settings = live.get()
     vip = settings.control_plane_vip
     if vip is None:
         return None
+
+    def changed(healthy: bool) -> None:
+        gate(healthy)
+        metrics.set_apiserver_healthy(healthy)
+
     return health.Prober(
         check=lambda: health.check(
             health.probe_config(live.get()),
@@ -270,5 +326,5 @@ def _prober(live: LiveSettings, metrics: Metrics) -> health.Prober | None:
         interval=settings.health_interval,
         fall=settings.health_fall,
         rise=settings.health_rise,
-        on_change=metrics.set_apiserver_healthy,
+        on_change=changed,
     )

@@ -41,7 +41,7 @@ import yaml
 
 from agent.core.addresses import reserved_reason
 from agent.core.grammar import DNS_LABEL, DNS_SUBDOMAIN, IFNAME, LABEL_KEY, LABEL_VALUE
-from agent.core.model import IPAddress
+from agent.core.model import BgpPeer, Community, IPAddress
 
 ENV_PREFIX = "VIP_AGENT_"
 DEFAULT_CONFIG_FILE = "/etc/vip-agent/config.yaml"
@@ -93,6 +93,13 @@ class RealServerCheck(enum.StrEnum):
 
     TCP = "tcp"
     NONE = "none"
+
+
+class Mode(enum.StrEnum):
+    """How VIPs are announced."""
+
+    VRRP = "vrrp"  # keepalived's VRRP on one layer-2 segment
+    BGP = "bgp"  # BIRD 2 to routers, for routed networks
 
 
 class LogFormat(enum.StrEnum):
@@ -267,11 +274,19 @@ def _read_str(raw: object) -> str:
     return str(raw)
 
 
+def _read_entry(raw: object) -> object:
+    """A list item that may be text (a flag, the environment) or a YAML mapping."""
+    if isinstance(raw, dict):
+        return raw
+    return _read_str(raw)
+
+
 _READ: dict[type, Callable[[object], object]] = {
     bool: _read_bool,
     int: _read_int,
     float: _read_float,
     str: _read_str,
+    dict: _read_entry,
 }
 
 
@@ -414,8 +429,138 @@ def _vip(raw: object) -> IPAddress:
     return address
 
 
+# A TCP MD5 key (Linux: at most 80 bytes), written into bird.conf between double quotes:
+# no quote, backslash, white space or control character can end the string early.
+_BGP_PASSWORD = re.compile(r"^[A-Za-z0-9!#$%&()*+,./:;<=>?@^_{|}~\[\]-]{1,80}$")
+_PEER_KEYS = frozenset({"address", "as", "asn", "password", "multihop", "port", "bfd", "source"})
+
+
+def _asn(raw: object) -> int:
+    value = _read_int(raw)
+    if not 1 <= value <= 4294967294:
+        raise ValueError(f"AS {value} is not 1-4294967294")
+    return value
+
+
+def _peer(raw: object) -> BgpPeer:
+    """kube-vip's peer string ``ADDRESS:AS[:PASSWORD[:MULTIHOP]]`` (an IPv6 address in
+    brackets; MULTIHOP true, false or a TTL), or a YAML mapping of the same and more."""
+    if isinstance(raw, BgpPeer):
+        return raw
+    try:
+        fields = _peer_mapping(raw) if isinstance(raw, dict) else _peer_text(_read_str(raw))
+        return _peer_from(fields)
+    except ValueError as err:
+        raise Invalid(_shown(raw), str(err)) from None
+
+
+def _shown(raw: object) -> object:
+    """What an error may show of a peer: never its password."""
+    if isinstance(raw, dict):
+        return {k: ("<redacted>" if k == "password" else v) for k, v in raw.items()}
+    try:
+        fields = _peer_text(_read_str(raw))
+    except ValueError:
+        return "<redacted>"  # cannot tell where a password would be: show none of it
+    if not fields.get("password"):
+        return raw
+    shown = [str(fields["address"]), str(fields["as"]), "<redacted>"]
+    return ":".join([*shown, *([str(fields["multihop"])] if "multihop" in fields else [])])
+
+
+def _peer_text(text: str) -> dict[str, object]:
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("expected [IPV6]:AS[:PASSWORD[:MULTIHOP]]")
+        parts = [host, *rest[1:].split(":")] if rest else [host]
+    else:
+        parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 4:
+        raise ValueError("expected ADDRESS:AS[:PASSWORD[:MULTIHOP]] (IPv6 in brackets)")
+    fields: dict[str, object] = {"address": parts[0], "as": parts[1]}
+    if len(parts) > 2 and parts[2]:
+        fields["password"] = parts[2]
+    if len(parts) > 3 and parts[3]:
+        fields["multihop"] = parts[3]
+    return fields
+
+
+def _peer_mapping(raw: dict[object, object]) -> dict[str, object]:
+    unknown = sorted(str(k) for k in raw if k not in _PEER_KEYS)
+    if unknown:
+        keys = "address, as, password, multihop, port, bfd, source"
+        raise ValueError(f"unknown peer key {unknown[0]!r} ({keys})")
+    return {("as" if k == "asn" else str(k)): v for k, v in raw.items()}
+
+
+def _peer_from(fields: dict[str, object]) -> BgpPeer:
+    if "address" not in fields or "as" not in fields:
+        raise ValueError("a peer needs an address and an AS")
+    password = fields.get("password")
+    if password is not None and not _BGP_PASSWORD.match(_read_str(password)):
+        raise ValueError("password: 1-80 printable characters, no quote, backslash or space")
+    multihop = fields.get("multihop")
+    ttl: int | None = None
+    if isinstance(multihop, bool) or str(multihop).lower() in ("true", "false"):
+        ttl = 64 if str(multihop).lower() == "true" else None  # kube-vip's true: BIRD's default
+    elif multihop is not None:
+        ttl = _read_int(multihop)
+        if not 1 <= ttl <= 255:
+            raise ValueError(f"multihop TTL {ttl} is not 1-255")
+    port = _read_int(fields.get("port", 179))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not 1-65535")
+    source = fields.get("source")
+    return BgpPeer(
+        address=_vip_free_address(fields["address"]),
+        asn=_asn(fields["as"]),
+        password=None if password is None else _read_str(password),
+        multihop=ttl,
+        port=port,
+        bfd=_read_bool(fields.get("bfd", True)),
+        source=None if source is None else _vip_free_address(source),
+    )
+
+
+def _vip_free_address(raw: object) -> IPAddress:
+    address = _address(raw)
+    why = reserved_reason(address)
+    if why is not None and not address.is_link_local:
+        raise ValueError(f"{address} {why}")
+    return address
+
+
+def _community(raw: object) -> Community:
+    if isinstance(raw, Community):
+        return raw
+    try:
+        return Community.parse(_read_str(raw))
+    except ValueError:
+        raise Invalid(raw, "expected ASN:VALUE (16 bits each) or ASN:DATA1:DATA2") from None
+
+
 _TEXT = Parser(str, _read_str)
 _BOOL = Parser(bool, _read_bool)
+_PEER = Parser(dict, _peer)
+_COMMUNITY = Parser(str, _community)
+
+
+def _ipv4(raw: object) -> ipaddress.IPv4Address:
+    address = _address(raw)
+    if not isinstance(address, ipaddress.IPv4Address):
+        raise Invalid(str(address), "BGP router ids are IPv4 addresses")
+    return address
+
+
+def _gate_table(raw: object) -> int:
+    value = _read_int(raw)
+    # 253-255 are the kernel's default, main and local tables
+    if not 1 <= value <= 2**31 - 1 or value in (253, 254, 255):
+        raise Invalid(value, "a routing table id, 1-2147483647 but not 253-255")
+    return value
+
+
 _ADDRESS = Parser(str, _address)
 _VIP = Parser(str, _vip)
 _INTERFACE = _matching(IFNAME, "not a Linux interface name")
@@ -728,6 +873,78 @@ class Settings:
         "FIFO keepalived writes VRRP state changes to; unset: none.",
         parse=_optional(_ABSOLUTE_PATH),
     )
+    # --- BGP -------------------------------------------------------------
+    mode: Mode = setting(
+        Mode.VRRP,
+        "How VIPs are announced: vrrp (keepalived, one layer-2 segment) or bgp (BIRD 2 "
+        "announces each VIP as a host route to the bgp_peers).",
+        parse=_choice(Mode),
+    )
+    bgp_local_as: int | None = setting(
+        None,
+        "This node's AS (kube-vip: bgp_as). Required with mode bgp.",
+        parse=_optional(Parser(int, _asn)),
+    )
+    bgp_router_id: ipaddress.IPv4Address | None = setting(
+        None,
+        "BGP router id (kube-vip: bgp_routerid). Default: the node's IPv4 address.",
+        parse=_optional(Parser(str, _ipv4)),
+    )
+    bgp_peers: tuple[BgpPeer, ...] = setting(
+        (),
+        "Routers to announce to: kube-vip's ADDRESS:AS[:PASSWORD[:MULTIHOP]] (IPv6 in "
+        "brackets), or in YAML a mapping with address, as, password, multihop (TTL), port, "
+        "bfd and source. Passwords are never logged or shown.",
+        parse=_listed(_PEER),
+    )
+    bgp_hold_time: int = setting(
+        9, "BGP hold time, seconds (keepalive a third of it).", parse=_ints(3, 65535, "3-65535")
+    )
+    bgp_keepalive_time: int = setting(
+        3, "BGP keepalive interval, seconds.", parse=_ints(1, 21845, "1-21845")
+    )
+    bgp_communities: tuple[Community, ...] = setting(
+        (),
+        "Communities added to every announcement (ASN:VALUE or large ASN:DATA1:DATA2); per "
+        "Service: annotation vip-agent.io/bgp-communities.",
+        parse=_listed(_COMMUNITY),
+    )
+    bgp_local_pref: int | None = setting(
+        None,
+        "LOCAL_PREF of the announcements (iBGP peers only).",
+        parse=_optional(_ints(0, 4294967295, "0-4294967295")),
+    )
+    bgp_bfd_interval: int = setting(
+        100,
+        "BFD transmit and receive interval, milliseconds, for peers with bfd (a dead node's "
+        "routes go after interval x multiplier instead of the hold time).",
+        parse=_ints(10, 60000, "10-60000 ms"),
+    )
+    bgp_bfd_multiplier: int = setting(3, "BFD detection multiplier.", parse=_ints(1, 255, "1-255"))
+    bgp_graceful_restart_time: int = setting(
+        120,
+        "Seconds a router keeps this node's routes while its BIRD restarts (graceful "
+        "restart); a stop by SIGTERM withdraws them at once.",
+        parse=_ints(1, 4095, "1-4095 seconds"),
+    )
+    bgp_gate_table: int = setting(
+        8810,
+        "Kernel routing table the apiserver prober puts the control-plane VIP's route in "
+        "while the local apiserver is healthy; BIRD announces the VIP only while it is there.",
+        parse=Parser(int, _gate_table),
+    )
+    bgp_vip_interface: str = setting(
+        "lo",
+        "Interface the agent puts BGP-announced VIPs on, so the node accepts their traffic.",
+        parse=_INTERFACE,
+    )
+    bird_config: str = setting(
+        "/etc/bird/bird.conf",
+        "Where vip-agent run writes bird.conf (mode bgp).",
+        parse=_ABSOLUTE_PATH,
+    )
+    bird_binary: str = setting("bird", "bird to run.", parse=_TEXT)
+    birdc_binary: str = setting("birdc", "birdc to reload and ask bird with.", parse=_TEXT)
     # --- run -------------------------------------------------------------
     manifests: tuple[str, ...] = setting(
         (),
@@ -866,6 +1083,8 @@ def _check_together(s: Settings) -> None:
         _fail("virtual_router_id", s.virtual_router_id, "same as control_plane_virtual_router_id")
     if s.vrrp_version == 2 and not s.cp_advert_int.is_integer():
         _fail("control_plane_advert_int", s.cp_advert_int, "VRRPv2 needs whole seconds")
+    if s.mode is Mode.BGP:
+        _check_bgp(s)
     # client-go's rule: the holder must give up before anyone else may take over
     if not s.lease_retry_period < s.lease_renew_deadline < s.lease_duration:
         _fail(
@@ -873,6 +1092,15 @@ def _check_together(s: Settings) -> None:
             s.lease_renew_deadline,
             "must lie between lease_retry_period and lease_duration",
         )
+
+
+def _check_bgp(s: Settings) -> None:
+    if s.bgp_local_as is None:
+        _fail("bgp_local_as", None, "required with mode bgp")
+    if not s.bgp_peers:
+        _fail("bgp_peers", (), "mode bgp needs at least one peer")
+    if s.bgp_keepalive_time * 3 > s.bgp_hold_time:
+        _fail("bgp_keepalive_time", s.bgp_keepalive_time, "at most a third of bgp_hold_time")
 
 
 def _fail(name: str, value: object, why: str) -> typing.NoReturn:

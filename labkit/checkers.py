@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent import validate
+from agent.daemons.bird import check_bird
 from agent.daemons.haproxy import check_haproxy
 from agent.daemons.keepalived import check_keepalived
 
@@ -73,6 +74,12 @@ class Checkers:
         path = self.tmp / "haproxy.cfg"
         path.write_text(text, encoding="utf-8")
         return check_haproxy(path)
+
+    def bird(self, text: str) -> validate.CheckResult:
+        """``bird -p``: BIRD parses the file and exits (no interface needs to exist)."""
+        path = self.tmp / "bird.conf"
+        path.write_text(text, encoding="utf-8")
+        return check_bird(path)
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -101,6 +101,92 @@ class ApiserverProxy:
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    """One BGP neighbour (a router), as settings give it; validated when parsed."""
+
+    address: IPAddress
+    asn: int
+    password: str | None = field(default=None, repr=False)
+    """TCP MD5 password; never logged, never shown (``str()`` and ``repr()`` leave it out)."""
+    multihop: int | None = None
+    """TTL for a neighbour more than one hop away; None: directly connected."""
+    port: int = 179
+    bfd: bool = True
+    source: IPAddress | None = None
+    """The local address the session is made from; None: BIRD chooses."""
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        parts = [host, str(self.asn), "<redacted>" if self.password else ""]
+        if self.multihop is not None:
+            parts.append(str(self.multihop))
+        return ":".join(parts).rstrip(":")
+
+
+@dataclass(frozen=True)
+class Community:
+    """A BGP community: standard ``ASN:VALUE`` or large ``ASN:DATA1:DATA2``."""
+
+    parts: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, raw: object) -> Community:
+        """``ASN:VALUE`` (16 bits each) or large ``ASN:DATA1:DATA2`` (32 bits each)."""
+        text = raw.strip() if isinstance(raw, str) else ""
+        parts = text.split(":")
+        if len(parts) in (2, 3) and all(p.isdigit() for p in parts):
+            values = tuple(int(p) for p in parts)
+            limit = 65535 if len(values) == 2 else 4294967295
+            if all(v <= limit for v in values):
+                return cls(values)
+        raise ValueError(f"{raw!r} is not a community (ASN:VALUE or ASN:DATA1:DATA2)")
+
+    @property
+    def large(self) -> bool:
+        return len(self.parts) == 3
+
+    def __str__(self) -> str:
+        return ":".join(map(str, self.parts))
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A VIP this node announces over BGP, as a host route."""
+
+    vip: IPAddress
+    gated: bool
+    """Announced only while the health gate holds it (the control-plane VIP: the prober
+    puts its route in the gate table while the local apiserver is healthy)."""
+    communities: tuple[Community, ...] = ()
+    owner: str = ""
+    """Where the VIP came from, for the comment in the file."""
+
+
+@dataclass(frozen=True)
+class BgpSpeaker:
+    """Everything bird.conf says: who this node is, its peers, what it announces."""
+
+    router_id: ipaddress.IPv4Address
+    local_as: int
+    peers: tuple[BgpPeer, ...]
+    announcements: tuple[Announcement, ...]
+    hold_time: int
+    keepalive_time: int
+    local_pref: int | None
+    bfd_interval_ms: int
+    bfd_multiplier: int
+    graceful_restart_time: int
+    gate_table: int
+    """The kernel routing table the health prober toggles gated VIPs' routes in."""
+    vip_interface: str
+    """Where the VIP addresses live so the node accepts the traffic (``lo``)."""
+    next_hop4: ipaddress.IPv4Address | None = None
+    """This node's IPv4 address: the next hop of IPv4 VIPs sent over an IPv6 session."""
+    next_hop6: ipaddress.IPv6Address | None = None
+    """This node's IPv6 address: the next hop of IPv6 VIPs sent over an IPv4 session."""
+
+
+@dataclass(frozen=True)
 class TrackFile:
     """A keepalived ``vrrp_track_file`` the health prober writes (0 healthy, 1 failing)."""
 
@@ -167,6 +253,10 @@ class Reason(enum.Enum):
     """Another Service (or the vip-configmap) owns the VIP and does not share it."""
     NOT_IN_POOL = "not_in_pool"
     """A pool ConfigMap exists and the address is in no pool of the Service's namespace."""
+    NO_ROUTER_ID = "no_router_id"
+    """BGP mode without an IPv4 address for the router id: nothing is announced."""
+    BAD_COMMUNITY = "bad_community"
+    """A Service's BGP communities annotation that does not parse (the rest applies)."""
     BAD_POOL = "bad_pool"
     """A pool ConfigMap entry that is neither a CIDR nor a first-last range."""
     POOL_EXHAUSTED = "pool_exhausted"
@@ -246,4 +336,6 @@ class DesiredState:
     """What each LoadBalancer Service asks for, sorted by Service (write-back's input)."""
     nodes: NodeSet = NodeSet(known=False, all=(), eligible=())
     allocations: tuple[Allocation, ...] = ()
+    bgp: BgpSpeaker | None = None
+    """In BGP mode: bird.conf's content (and no VRRP instances)."""
     """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""

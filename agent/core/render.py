@@ -23,9 +23,14 @@ from typing import Any
 
 import jinja2
 
+from agent.core import grammar
 from agent.core.memo import Generations
 from agent.core.model import (
+    Announcement,
     ApiserverProxy,
+    BgpPeer,
+    BgpSpeaker,
+    Community,
     DesiredState,
     IPAddress,
     ProxyListener,
@@ -146,6 +151,87 @@ def _apiserver(api: ApiserverProxy) -> Values:
     )
 
 
+# BIRD reads a password between double quotes: only a quote or a backslash could end or
+# escape it; settings already refuse them, this refuses them again at the last step
+_BIRD_PASSWORD = re.compile(r"^[A-Za-z0-9!#$%&()*+,./:;<=>?@^_{|}~\[\]-]{1,80}$")
+
+
+def _bird_password(text: str) -> str:
+    if not _BIRD_PASSWORD.match(text):
+        raise RenderError("refusing to render an unsafe BGP password")
+    return text
+
+
+def _bgp(bgp: BgpSpeaker) -> Values:
+    return Values(
+        router_id=str(bgp.router_id),
+        local_as=bgp.local_as,
+        # both families always: adding a channel to a session later would reset it
+        families=[_bgp_family(bgp, version) for version in (4, 6)],
+        peers=[_bgp_peer(p, bgp) for p in bgp.peers],
+        bfd=any(p.bfd for p in bgp.peers),
+        bfd_interval=bgp.bfd_interval_ms,
+        bfd_multiplier=bgp.bfd_multiplier,
+        hold_time=bgp.hold_time,
+        keepalive_time=bgp.keepalive_time,
+        local_pref=bgp.local_pref,
+        graceful_restart_time=bgp.graceful_restart_time,
+        gate_table=bgp.gate_table,
+        vip_interface=_safe(bgp.vip_interface),
+    )
+
+
+def _bgp_family(bgp: BgpSpeaker, version: int) -> Values:
+    mine = [a for a in bgp.announcements if a.vip.version == version]
+    return Values(
+        version=version,
+        static=[Values(prefix=_prefix(a.vip), owner=_safe(a.owner)) for a in mine if not a.gated],
+        gated=[_prefix(a.vip) for a in mine if a.gated],
+        exports=_bgp_exports(mine),
+    )
+
+
+def _bgp_exports(announcements: list[Announcement]) -> list[Values]:
+    """Announcements grouped by what the filter does to them: one prefix set each (BIRD
+    matches a set through a trie, where one ``if`` per VIP would cost a comparison per VIP
+    per route)."""
+    groups: dict[tuple[bool, tuple[Community, ...]], list[str]] = {}
+    for a in announcements:
+        groups.setdefault((a.gated, a.communities), []).append(_prefix(a.vip))
+    return [
+        Values(
+            prefixes=prefixes,
+            gated=gated,
+            communities=[f"{c.parts[0]}, {c.parts[1]}" for c in communities if not c.large],
+            large_communities=[", ".join(map(str, c.parts)) for c in communities if c.large],
+        )
+        for (gated, communities), prefixes in groups.items()
+    ]
+
+
+def _bgp_peer(p: BgpPeer, bgp: BgpSpeaker) -> Values:
+    # a family the session is not of needs this node's address of it as next hop
+    hop4 = bgp.next_hop4 if p.address.version == 6 else None
+    hop6 = bgp.next_hop6 if p.address.version == 4 else None
+    own = bgp.next_hop4 if p.address.version == 4 else bgp.next_hop6
+    ibgp = p.asn == bgp.local_as
+    # BIRD treats iBGP as multihop unless told the peer is directly connected, and a
+    # multihop session with BFD needs its local address spelled out
+    source = p.source or (own if p.bfd and p.multihop is not None else None)
+    return Values(
+        name=f"peer_{grammar.ip_token(p.address)}",
+        address=str(p.address),
+        port=p.port,
+        asn=p.asn,
+        multihop=p.multihop,
+        source=str(source) if source else None,
+        direct=ibgp and p.multihop is None,
+        password=_bird_password(p.password) if p.password else None,
+        bfd=p.bfd,
+        next_hop={4: str(hop4) if hop4 else None, 6: str(hop6) if hop6 else None},
+    )
+
+
 def _track_file(track: TrackFile) -> Values:
     return Values(name=_safe(track.name), path=_safe(track.path), weight=track.weight)
 
@@ -192,6 +278,8 @@ class Renderer:
             "listeners": [cached(x, functools.partial(_listener, x)) for x in state.listeners],
             "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
             "stats_socket": _safe(state.haproxy_stats_socket),
+            "node": _safe(state.router_id),
+            "bgp": _bgp(state.bgp) if state.bgp else None,
             "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",
         }
 

@@ -15,6 +15,8 @@ import pytest
 from agent.assets import template_dirs
 from agent.core import render
 from agent.core.translate import translate
+from agent.daemons import config_files_for
+from agent.daemons.spec import outputs
 from agent.settings import Settings
 from agent.sources.manifests import load_snapshot
 from labkit.checkers import Checkers
@@ -55,6 +57,32 @@ CASES: dict[str, dict[str, Any]] = {
         "health_mode": "fault",
         "scheduler": "wlc",
     },
+    # BGP: a control-plane node announcing the gated control-plane VIP and the service
+    # VIPs to an IPv4 router (BFD, MD5) and an IPv6 one (multihop, no BFD), communities
+    "bgp-control-plane": {
+        "node_name": "cp-1",
+        "interface": "eth0",
+        "control_plane_vip": "192.0.2.10",
+        "mode": "bgp",
+        "bgp_local_as": 64501,
+        "bgp_peers": (
+            "198.51.100.1:64500:s3cr3t!",
+            {"address": "2001:db8:100::1", "as": 64502, "multihop": 2, "bfd": False},
+        ),
+        "bgp_communities": ("64500:100", "64500:1:2"),
+        "bgp_hold_time": 6,
+        "bgp_keepalive_time": 2,
+    },
+    # BGP without the control-plane VIP: a Local-policy VIP this node has no endpoint of is
+    # left to the nodes that have one; iBGP (direct) with LOCAL_PREF
+    "bgp-worker-ibgp": {
+        "node_name": "cp-3",
+        "interface": "eth0",
+        "mode": "bgp",
+        "bgp_local_as": 64500,
+        "bgp_peers": ("198.51.100.1:64500",),
+        "bgp_local_pref": 200,
+    },
     # a cluster shared by teams: refused addresses and endpoints, a contested VIP, a
     # deliberate share, pools per namespace, allocations (what each node would write)
     "shared-cluster-ownership": {
@@ -75,7 +103,7 @@ def rendered(case: str) -> dict[str, str]:
     state = translate(
         snapshot, settings, node_name=settings.node_name, interface=settings.interface
     )
-    files = render.Renderer(template_dirs(None)).render(state)
+    files = render.Renderer(template_dirs(None)).render(state, outputs(config_files_for(settings)))
     lines = [f"rejected: {r}" for r in state.rejections]
     lines += [
         f"allocate: {'/'.join(a.service)} {', '.join(map(str, a.addresses))}"
@@ -137,6 +165,12 @@ def test_golden_accepted_by_real_daemons(case: str, checkers: Checkers, golden_c
     assert kept.output == "", kept.output
     ha = checkers.haproxy((GOLDEN / case / "haproxy.cfg").read_text())
     assert ha.ok, ha.output
+    bird = GOLDEN / case / "bird.conf"
+    if CASES[case].get("mode") == "bgp":
+        checked = checkers.bird(bird.read_text())
+        assert checked.ok, checked.output
+    else:
+        assert not bird.exists()
 
 
 def test_keepalived_check_is_honest(checkers: Checkers) -> None:

@@ -22,6 +22,8 @@ from agent.core import render
 from agent.core.model import DesiredState
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
+from agent.daemons import config_files_for
+from agent.daemons.spec import outputs
 from agent.settings import Settings
 from labkit.checkers import Checkers
 from tests.conftest import EXAMPLES
@@ -136,19 +138,52 @@ INJECTIONS: dict[str, Injection] = {
         "address", h
     ),
     "node label": lambda o, h: kind(o, "Node", "cp-1")["metadata"]["labels"].__setitem__(h, h),
+    "bgp communities": lambda o, h: kind(o, "Service", "kube-vip-style")["metadata"][
+        "annotations"
+    ].__setitem__("vip-agent.io/bgp-communities", "64500:100," + h),
 }
+
+BGP_SETTINGS = Settings(
+    node_name="cp-1",
+    interface="eth0",
+    control_plane_vip="192.0.2.10",
+    mode="bgp",
+    bgp_local_as=64501,
+    bgp_peers=("198.51.100.1:64500:s3cr3t", "[2001:db8:100::1]:64500"),
+    bgp_communities=("64500:1",),
+)
 
 ATTACK_PLANS = st.lists(
     st.tuples(st.sampled_from(sorted(INJECTIONS)), HOSTILE), min_size=1, max_size=4
 )
 
 
-def attacked(plan: list[tuple[str, str]]) -> tuple[DesiredState, dict[str, str]]:
+def attacked(
+    plan: list[tuple[str, str]], settings_: Settings = SETTINGS
+) -> tuple[DesiredState, dict[str, str]]:
     objs = copy.deepcopy(BASE)
     for where, text in plan:
         INJECTIONS[where](objs, text)
-    state = translate(Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0")
-    return state, render.Renderer(template_dirs(None)).render(state)
+    assert settings_.node_name is not None
+    state = translate(
+        Snapshot.from_objects(objs), settings_, node_name=settings_.node_name, interface="eth0"
+    )
+    files = outputs(config_files_for(settings_))
+    return state, render.Renderer(template_dirs(None)).render(state, files)
+
+
+def assert_bird_contained(state: DesiredState, bird: str) -> None:
+    """bird.conf announces exactly the VIPs of the model, to exactly its peers."""
+    assert state.bgp is not None
+    assert "PWNED" not in bird
+    assert len(re.findall(r"^protocol bgp ", bird, re.M)) == len(state.bgp.peers)
+    routes = re.findall(r"^\s+route (\S+) unreachable;", bird, re.M)
+    static = {f"{a.vip}/{a.vip.max_prefixlen}" for a in state.bgp.announcements if not a.gated}
+    assert set(routes) == static
+    exported = set(re.findall(r"^\s+([0-9a-f:.]+/(?:32|128)),?$", bird, re.M))
+    assert exported == {f"{a.vip}/{a.vip.max_prefixlen}" for a in state.bgp.announcements}
+    for line in bird.splitlines():
+        assert line.isascii() and line.isprintable(), repr(line)
 
 
 def assert_contained(state: DesiredState, files: dict[str, str]) -> None:
@@ -188,6 +223,27 @@ def test_hostile_input_output_still_validates(
     assert kept.ok, kept.output
     ha = checkers.haproxy(files["haproxy.cfg"])
     assert ha.ok, ha.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(plan=ATTACK_PLANS)
+def test_hostile_input_never_reaches_bird_conf(plan: list[tuple[str, str]]) -> None:
+    state, files = attacked(plan, BGP_SETTINGS)
+    assert_bird_contained(state, files["bird.conf"])
+    assert state.rejections or all(w in {"node label", "endpoint node"} for w, _ in plan)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=ATTACK_PLANS)
+def test_hostile_input_bird_conf_still_validates(
+    plan: list[tuple[str, str]], checkers: Checkers
+) -> None:
+    state, files = attacked(plan, BGP_SETTINGS)
+    assert_bird_contained(state, files["bird.conf"])
+    checked = checkers.bird(files["bird.conf"])
+    assert checked.ok, checked.output
 
 
 def test_everything_else_still_renders_next_to_a_rejection() -> None:

@@ -63,12 +63,19 @@ from agent.core.model import (
     Protocol,
     Reason,
     ServiceVips,
+    VrrpInstance,
 )
 from agent.core.pools import Pools, parse_pools
 from agent.core.snapshot import Snapshot
 from agent.core.translate.allocation import allocate
+from agent.core.translate.bgp import ANNOTATION_COMMUNITIES, bgp_speaker
 from agent.core.translate.common import Rejections, as_mapping
-from agent.core.translate.control_plane import HEALTH_TRACK, HEALTH_WEIGHT, control_plane
+from agent.core.translate.control_plane import (
+    HEALTH_TRACK,
+    HEALTH_WEIGHT,
+    ControlPlane,
+    control_plane,
+)
 from agent.core.translate.forwarding import (
     ANNOTATION_SCHEDULER,
     Forwarding,
@@ -91,9 +98,10 @@ from agent.core.translate.requests import (
     service_requests,
 )
 from agent.core.translate.vrrp import LOCAL_PENALTY, priority_for, service_instances, vrid_for
-from agent.settings import Settings
+from agent.settings import Mode, Settings
 
 __all__ = [
+    "ANNOTATION_COMMUNITIES",
     "ANNOTATION_LB_IPS",
     "ANNOTATION_METHOD",
     "ANNOTATION_SCHEDULER",
@@ -170,6 +178,60 @@ def translate(
     cp = None
     if cp_vip is not None and nodes.serves_control_plane:
         cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
+    if not nodes.serves_services:
+        forwarding.virtual_servers.clear()
+        forwarding.listeners.clear()
+    bgp = None
+    instances: list[VrrpInstance] = []
+    if settings.mode is Mode.BGP:
+        bgp = bgp_speaker(
+            settings,
+            nodes=nodes,
+            snapshot=snapshot,
+            owners=ownership.first,
+            local_vips=forwarding.local_vips,
+            control_plane_vip=cp_vip,
+            rej=rej,
+        )
+    else:
+        instances = _vrrp_instances(
+            cp,
+            ownership,
+            forwarding=forwarding,
+            settings=settings,
+            interface=interface,
+            nodes=nodes,
+        )
+    return DesiredState(
+        router_id=node_name,
+        instances=tuple(instances),
+        virtual_servers=tuple(
+            forwarding.virtual_servers[k] for k in sorted(forwarding.virtual_servers)
+        ),
+        listeners=tuple(forwarding.listeners[k] for k in sorted(forwarding.listeners)),
+        apiserver=cp.apiserver if cp is not None else None,
+        track_files=(cp.track_file,) if cp is not None and bgp is None else (),
+        haproxy_stats_socket=settings.haproxy_stats_socket,
+        haproxy_hard_stop_after_s=settings.haproxy_hard_stop_after,
+        notify_fifo=settings.vrrp_notify_fifo,
+        rejections=tuple(rej.items),
+        service_vips=_accepted(asks.asked, ownership),
+        nodes=_nodes(nodes),
+        allocations=allocations,
+        bgp=bgp,
+    )
+
+
+def _vrrp_instances(
+    cp: ControlPlane | None,
+    ownership: Ownership,
+    *,
+    forwarding: Forwarding,
+    settings: Settings,
+    interface: str,
+    nodes: NodeView,
+) -> list[VrrpInstance]:
+    """VRRP mode: the control-plane instance, then the service instances."""
     instances = [cp.instance] if cp is not None else []
     if nodes.serves_services:
         instances += service_instances(
@@ -179,26 +241,7 @@ def translate(
             interface=interface,
             nodes=nodes,
         )
-    else:
-        forwarding.virtual_servers.clear()
-        forwarding.listeners.clear()
-    return DesiredState(
-        router_id=node_name,
-        instances=tuple(instances),
-        virtual_servers=tuple(
-            forwarding.virtual_servers[k] for k in sorted(forwarding.virtual_servers)
-        ),
-        listeners=tuple(forwarding.listeners[k] for k in sorted(forwarding.listeners)),
-        apiserver=cp.apiserver if cp is not None else None,
-        track_files=(cp.track_file,) if cp is not None else (),
-        haproxy_stats_socket=settings.haproxy_stats_socket,
-        haproxy_hard_stop_after_s=settings.haproxy_hard_stop_after,
-        notify_fifo=settings.vrrp_notify_fifo,
-        rejections=tuple(rej.items),
-        service_vips=_accepted(asks.asked, ownership),
-        nodes=_nodes(nodes),
-        allocations=allocations,
-    )
+    return instances
 
 
 def _allocations(
