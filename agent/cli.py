@@ -204,7 +204,7 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
         on_interface = {a for a, _ in netlink.addresses(interface)} if interface else None
     except OSError:
         on_interface = None
-    document = status_mod.live(document, on_interface)
+    document = status_mod.live(document, on_interface, bgp=_bgp_now(settings, document))
     if as_json:
         click.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
@@ -216,6 +216,30 @@ def show_status(as_json: bool, config_file: str | None, **flags: Any) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+def _bgp_now(settings: Settings, document: dict[str, Any]) -> dict[str, Any] | None:
+    """Mode bgp: what BIRD says of its sessions, and which gates are open, right now."""
+    from agent import netlink
+    from agent.daemons import bird
+
+    bgp = document.get("bgp")
+    if not bgp:
+        return None
+    now: dict[str, Any] = {}
+    try:
+        sessions = bird.sessions(binary=settings.birdc_binary, socket=bird.socket_path(settings))
+        now["sessions"] = [
+            {"name": s.name, "neighbor": s.neighbor, "state": s.state, "exported": s.exported}
+            for s in sessions
+        ]
+    except OSError as err:
+        now["sessions"], now["sessions_error"] = None, str(err)
+    try:
+        now["gate_open"] = sorted(str(a) for a in netlink.gate_routes(int(bgp["gate_table"])))
+    except Exception:  # pyroute2's NetlinkError is not an OSError
+        now["gate_open"] = None
+    return now
 
 
 @main.command()
@@ -231,7 +255,7 @@ def run(config_file: str | None, **flags: Any) -> None:
         settings = load_settings(config_file, flags)
     except SettingsError as err:
         fail(str(err))
-    logs.setup(settings.log_format, secrets=[settings.auth_pass or ""])
+    logs.setup(settings.log_format, secrets=settings.secrets())
     try:
         parts = runtime.build(
             settings,

@@ -248,3 +248,15 @@ def set_gate(vip: IPAddress, *, table: int, ifname: str, open_: bool) -> None:
         else:
             with contextlib.suppress(NetlinkError):  # already gone
                 ipr.route("del", dst=dst, oif=index[0], table=table)
+
+
+def gate_routes(table: int) -> set[IPAddress]:
+    """The host routes in the gate table now (which gated VIPs BIRD may announce)."""
+    found: set[IPAddress] = set()
+    with IPRoute() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, table=table):
+                dst = route.get_attr("RTA_DST")
+                if dst and route["dst_len"] in (32, 128):
+                    found.add(ipaddress.ip_address(dst))
+    return found

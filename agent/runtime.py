@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import assets, health, netlink
 from agent.core.model import DesiredState, IPAddress
-from agent.daemons import config_files_for
+from agent.daemons import bird, config_files_for
 from agent.daemons.modes import daemons_for
 from agent.daemons.spec import targets
 from agent.lease import LeaseElector, LeaseTimings
@@ -37,7 +37,7 @@ from agent.settings import LiveSettings, Mode, Settings, SettingsError, node_nam
 from agent.sources.kube import KubeApi, KubeSource, api_client_for
 from agent.sources.static import ManifestSource, StaticSource, Stoppable, watch_paths
 from agent.telemetry import Telemetry
-from agent.telemetry.metrics import Metrics
+from agent.telemetry.metrics import BgpSessions, Metrics
 from agent.writeback import AddressWriter, EventRecorder, IngressWriter, WriteBack
 
 log = logging.getLogger("vip-agent")
@@ -145,6 +145,11 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
         after_reconcile=writeback.submit if writeback is not None else None,
         host=netlink.HostFactsCache(managed=managed),
     )
+    if settings.mode is Mode.BGP:
+        socket = bird.socket_path(settings)
+        metrics.registry.register(
+            BgpSessions(lambda: bird.sessions(binary=settings.birdc_binary, socket=socket))
+        )
     try:  # before the loop: the FIFO must exist when keepalived starts
         telemetry.start(agent, started=agent.clock())
     except OSError as err:

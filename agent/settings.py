@@ -1037,6 +1037,12 @@ class Settings:
         fixed = {self.virtual_router_id, self.control_plane_virtual_router_id}
         return tuple(i for i in self.virtual_router_id_range.ids() if i not in fixed)
 
+    def secrets(self) -> list[str]:
+        """Every secret the settings hold (the VRRP password, BGP passwords): no log line
+        and no status document ever shows them."""
+        found = [self.auth_pass or "", *(p.password or "" for p in self.bgp_peers)]
+        return [secret for secret in found if secret]
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict of plain values (text for parsed ones) with secrets
         replaced, safe to log and to print as YAML."""

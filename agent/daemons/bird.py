@@ -16,16 +16,19 @@ once, then stops BIRD.  bird.conf is 0600: it may hold BGP passwords.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import validate
 from agent.daemons.process import Clock, ReloadOutcome, Supervised, read_pid
 from agent.daemons.spec import ConfigFile, Hook
-from agent.settings import Settings
+from agent.settings import Daemons, Settings
 
 log = logging.getLogger("vip-agent.daemons")
 
@@ -39,6 +42,69 @@ def check_bird(
 ) -> validate.CheckResult:
     """``bird -p``: parse the file and exit; non-zero with the line on any error."""
     return validate.check([binary, "-p", "-c", str(path)], runner=runner, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One BGP session as ``birdc show protocols all`` reports it."""
+
+    name: str
+    """The protocol's name in bird.conf (``peer_198_51_100_1``)."""
+    neighbor: str
+    state: str
+    """BGP state: Established, Idle, Connect, Active, OpenSent, OpenConfirm (or Down)."""
+    exported: int
+    """Routes announced to the peer, every channel together."""
+
+    @property
+    def up(self) -> bool:
+        return self.state == "Established"
+
+
+_PROTOCOL = re.compile(r"^(\S+)\s+BGP\s+\S+\s+(\S+)\s+\S+\s*(\S*)")
+_NEIGHBOR = re.compile(r"^\s+Neighbor address:\s+(\S+)")
+_BGP_STATE = re.compile(r"^\s+BGP state:\s+(\S+)")
+_EXPORTED = re.compile(r"^\s+Routes:\s+\d+ imported, (\d+) exported")
+
+
+def parse_sessions(text: str) -> list[Session]:
+    """The BGP protocols of ``birdc show protocols all`` output."""
+    found: list[Session] = []
+    current: Session | None = None
+    for line in text.splitlines():
+        if current is not None and line and not line[0].isspace():
+            found.append(current)  # the next protocol's line ends this one's block
+            current = None
+        if match := _PROTOCOL.match(line):
+            current = Session(name=match[1], neighbor="", state=match[3] or "Down", exported=0)
+        elif current is not None and (match := _NEIGHBOR.match(line)):
+            current = dataclasses.replace(current, neighbor=match[1])
+        elif current is not None and (match := _BGP_STATE.match(line)):
+            current = dataclasses.replace(current, state=match[1])
+        elif current is not None and (match := _EXPORTED.match(line)):
+            current = dataclasses.replace(current, exported=current.exported + int(match[1]))
+    if current is not None:
+        found.append(current)
+    return found
+
+
+def sessions(*, binary: str, socket: Path, timeout: float = 2.0) -> list[Session]:
+    """The BGP sessions of the BIRD behind ``socket``; OSError when it does not answer."""
+    try:
+        done = birdc(["show", "protocols", "all"], binary=binary, socket=socket, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise OSError(f"birdc: no answer within {timeout:g}s") from err
+    if done.returncode != 0 or "BIRD" not in done.stdout:
+        raise OSError((done.stderr or done.stdout).strip() or f"birdc exit {done.returncode}")
+    return parse_sessions(done.stdout)
+
+
+def socket_path(settings: Settings) -> Path:
+    """Where BIRD's control socket is: the agent's run_dir when it supervises BIRD, the
+    distribution's place when systemd runs it."""
+    if settings.daemons is Daemons.SYSTEMD:
+        return Path("/run/bird/bird.ctl")
+    return Path(settings.run_dir) / "bird.ctl"
 
 
 def birdc(

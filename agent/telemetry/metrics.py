@@ -36,11 +36,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.core.model import DesiredState, Reason
 from agent.daemons import CONFIG_FILES, ConfigFile, Daemon, ReloadOutcome
+from agent.daemons.bird import Session as BgpSession
 from agent.telemetry.vrrp_state import PROBLEMS, STATES, InstanceState, Mismatch
 
 log = logging.getLogger("vip-agent.metrics")
@@ -189,6 +190,12 @@ class Metrics:
             "error; 0 while it fails and the last good objects are rendered.",
             registry=r,
         )
+        self.bgp_changes = Counter(
+            "vip_agent_bgp_announcement_changes_total",
+            "Times the set of VIPs this node announces over BGP changed (mode bgp).",
+            registry=r,
+        )
+        self._announced: frozenset[str] | None = None
         self.last_apply = Gauge(
             "vip_agent_last_apply_success_timestamp_seconds",
             "Unix time of the last reconcile whose files passed validation.",
@@ -226,6 +233,11 @@ class Metrics:
 
     def rendered(self, state: DesiredState) -> None:
         self._applied_since_render = False
+        if state.bgp is not None:
+            announced = frozenset(str(a.vip) for a in state.bgp.announcements)
+            if self._announced is not None and announced != self._announced:
+                self.bgp_changes.inc()
+            self._announced = announced
         self.vips.set(sum(len(i.vips) + len(i.excluded_vips) for i in state.instances))
         counts: dict[tuple[str, str], int] = {}
         for rejection in state.rejections:
@@ -303,6 +315,41 @@ class Metrics:
             for problem in PROBLEMS:
                 value = 1 if (instance, problem) in now else 0
                 self.vrrp_mismatch.labels(instance=instance, problem=problem).set(value)
+
+
+class BgpSessions:
+    """BGP sessions and announced routes, asked of BIRD when Prometheus scrapes (mode bgp):
+    ``vip_agent_bgp_session_up{peer}`` (1 while Established), ``vip_agent_bgp_sessions_up``
+    and ``vip_agent_bgp_routes_announced{peer}``.  Peer names are bird.conf's protocol
+    names, made from validated peer addresses: a bounded set from settings."""
+
+    def __init__(self, ask: Callable[[], Sequence[BgpSession]]) -> None:
+        self.ask = ask
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            found = list(self.ask())
+        except OSError:
+            found = []  # BIRD not up (yet): the sessions are absent, not 0
+        per_peer = GaugeMetricFamily(
+            "vip_agent_bgp_session_up", "1 while the BGP session is Established.", labels=["peer"]
+        )
+        routes = GaugeMetricFamily(
+            "vip_agent_bgp_routes_announced",
+            "Routes BIRD announces to the peer (every family).",
+            labels=["peer"],
+        )
+        for session in found:
+            if _INSTANCE.match(session.name):
+                per_peer.add_metric([session.name], 1 if session.up else 0)
+                routes.add_metric([session.name], session.exported)
+        yield per_peer
+        yield routes
+        yield GaugeMetricFamily(
+            "vip_agent_bgp_sessions_up",
+            "BGP sessions Established now.",
+            value=sum(1 for s in found if s.up),
+        )
 
 
 class DaemonRestarts:

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from agent.apply import replace_file
-from agent.core.model import IPAddress
+from agent.core.model import BgpSpeaker, DesiredState, IPAddress
 from agent.reconcile import Status
 from agent.telemetry.vrrp_state import InstanceState, Mismatch
 
@@ -62,33 +62,7 @@ def build(
     wall: float,
 ) -> dict[str, Any]:
     """The status document (plain JSON types only)."""
-    instances = []
     state = status.state
-    for inst in state.instances if state is not None else ():
-        entry = vrrp.get(inst.name)
-        instances.append(
-            {
-                "name": inst.name,
-                "virtual_router_id": inst.virtual_router_id,
-                "configured_priority": inst.priority,
-                "vrrp_state": entry.state if entry else None,
-                "vrrp_priority": entry.priority if entry else None,
-                "vrrp_state_since": entry.since if entry else None,
-                "vips": [str(v) for v in inst.vips],
-                "excluded_vips": [str(v) for v in inst.excluded_vips],
-            }
-        )
-    rejections = [
-        {
-            "kind": r.kind,
-            "object": r.obj,
-            "key": r.key,
-            "reason": r.reason,
-            "code": r.code.value,
-            "text": str(r),
-        }
-        for r in status.rejections[:MAX_REJECTIONS]
-    ]
     return {
         "schema": SCHEMA,
         "written_at": wall,
@@ -111,27 +85,70 @@ def build(
             if cluster is not None
             else None
         ),
-        "daemon_status": {
-            name: {
-                "running": running,
-                "last_reload_ok": (
-                    status.reload_outcomes[name].ok if name in status.reload_outcomes else None
-                ),
-                "last_reload_detail": (
-                    redact(status.reload_outcomes[name].detail)
-                    if name in status.reload_outcomes
-                    else None
-                ),
-            }
-            for name, running in sorted(daemons_running.items())
-        },
-        "instances": instances,
+        "daemon_status": _daemon_status(status, daemons_running, redact),
+        "instances": _instances_doc(state, vrrp),
         "mismatches": [
             {"instance": m.instance, "problem": m.problem, "vips": [str(v) for v in m.vips]}
             for m in mismatches
         ],
+        "bgp": _bgp(state.bgp) if state is not None and state.bgp is not None else None,
         "rejections_total": len(status.rejections),
-        "rejections": rejections,
+        "rejections": [
+            {
+                "kind": r.kind,
+                "object": r.obj,
+                "key": r.key,
+                "reason": r.reason,
+                "code": r.code.value,
+                "text": str(r),
+            }
+            for r in status.rejections[:MAX_REJECTIONS]
+        ],
+    }
+
+
+def _instances_doc(
+    state: DesiredState | None, vrrp: Mapping[str, InstanceState]
+) -> list[dict[str, Any]]:
+    instances = []
+    for inst in state.instances if state is not None else ():
+        entry = vrrp.get(inst.name)
+        instances.append(
+            {
+                "name": inst.name,
+                "virtual_router_id": inst.virtual_router_id,
+                "configured_priority": inst.priority,
+                "vrrp_state": entry.state if entry else None,
+                "vrrp_priority": entry.priority if entry else None,
+                "vrrp_state_since": entry.since if entry else None,
+                "vips": [str(v) for v in inst.vips],
+                "excluded_vips": [str(v) for v in inst.excluded_vips],
+            }
+        )
+    return instances
+
+
+def _daemon_status(
+    status: Status, daemons_running: Mapping[str, bool], redact: Callable[[str], str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, running in sorted(daemons_running.items()):
+        outcome = status.reload_outcomes.get(name)
+        out[name] = {
+            "running": running,
+            "last_reload_ok": outcome.ok if outcome else None,
+            "last_reload_detail": redact(outcome.detail) if outcome else None,
+        }
+    return out
+
+
+def _bgp(bgp: BgpSpeaker) -> dict[str, Any]:
+    return {
+        "router_id": str(bgp.router_id),
+        "local_as": bgp.local_as,
+        "peers": [str(p) for p in bgp.peers],  # str() never shows a password
+        "announcements": [{"vip": str(a.vip), "gated": a.gated} for a in bgp.announcements],
+        "gate_table": bgp.gate_table,
     }
 
 
@@ -221,9 +238,18 @@ def agent_alive(pid: object) -> bool:
     return "vip-agent" in cmdline or " -m agent" in cmdline
 
 
-def live(document: dict[str, Any], on_interface: set[IPAddress] | None) -> dict[str, Any]:
-    """The document plus what is true now: agent running, VIPs held per instance."""
+def live(
+    document: dict[str, Any],
+    on_interface: set[IPAddress] | None,
+    *,
+    bgp: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The document plus what is true now: agent running, VIPs held per instance, and in
+    mode bgp the sessions and which gated VIPs are open (``bgp``: what the caller asked
+    BIRD and the gate table)."""
     out = dict(document)
+    if bgp is not None and out.get("bgp") is not None:
+        out["bgp"] = {**out["bgp"], **bgp}
     out["running"] = agent_alive(document.get("pid"))
     held: list[str] = []
     instances = []
@@ -264,6 +290,7 @@ def human(document: Mapping[str, Any], *, now: float | None = None) -> str:
     lines = [
         *_header(document, now),
         *_instances(document.get("instances") or []),
+        *_bgp_lines(document.get("bgp")),
         *(
             f"WARNING {m['instance']}: {m['problem'].replace('_', ' ')} ({', '.join(m['vips'])})"
             for m in document.get("mismatches") or []
@@ -323,6 +350,30 @@ def _instances(instances: list[Mapping[str, Any]]) -> list[str]:
             f"  {inst.get('name')}: {state}, {prio_text}, vrid {inst.get('virtual_router_id')}, "
             f"VIPs {', '.join(vips) or '-'}{where}"
         )
+    return lines
+
+
+def _bgp_lines(bgp: Mapping[str, Any] | None) -> list[str]:
+    if not bgp:
+        return []
+    lines = [f"bgp: AS {bgp.get('local_as')}, router id {bgp.get('router_id')}"]
+    sessions = bgp.get("sessions")
+    if sessions is None:
+        lines.append(f"  sessions: unknown ({bgp.get('sessions_error') or 'BIRD not asked'})")
+    for session in sessions or []:
+        lines.append(
+            f"  peer {session['neighbor'] or session['name']}: {session['state']}, "
+            f"{session['exported']} routes announced"
+        )
+    open_gates = bgp.get("gate_open")
+    for a in bgp.get("announcements") or []:
+        if a["gated"]:
+            state = (
+                "unknown" if open_gates is None else "open" if a["vip"] in open_gates else "CLOSED"
+            )
+            lines.append(f"  announces {a['vip']} while the apiserver is healthy (gate {state})")
+        else:
+            lines.append(f"  announces {a['vip']}")
     return lines
 
 

@@ -136,7 +136,7 @@ class Telemetry:
         self.metrics = metrics if metrics is not None else Metrics(self.registry)
         self.cluster = cluster
         self.rejections = RejectionLog()
-        self.redact = redactor([settings.auth_pass or ""])
+        self.redact = redactor(settings.secrets())
         self.run_dir = Path(settings.run_dir)
         self.identity = status_mod.Identity(
             node=node_name,
