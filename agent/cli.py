@@ -268,7 +268,7 @@ def run(config_file: str | None, **flags: Any) -> None:
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("vip-agent").info("signal %d: shutting down", signum)
-        stop.set()
+        parts.stop(stop)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

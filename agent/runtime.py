@@ -92,6 +92,12 @@ class Runtime:
                 self.elector.stop(release=True)  # another agent takes over at once
             self.telemetry.stop()
 
+    def stop(self, stop: threading.Event) -> None:
+        """Ask the loop to end now (SIGTERM): set ``stop`` and wake the loop, which would
+        otherwise see it only at its next tick (up to half a second later)."""
+        stop.set()
+        self.agent.trigger()
+
     def settings_changed(self) -> None:
         """The config file changed: the new settings, or the old ones and an error."""
         if self.reload_settings is None:

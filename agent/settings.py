@@ -35,7 +35,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import yaml
 
@@ -586,6 +586,12 @@ _SELECTOR = _record(Selector, Selector)
 _BACKEND = _record(Backend, Backend.parse)
 
 
+def _run_dir_file(doc: str) -> str:
+    """A path setting that defaults to a file in run_dir (``_IN_RUN_DIR`` names it; the
+    value is resolved in Settings.__post_init__, so readers always see a path)."""
+    return cast(str, setting(None, doc, parse=_optional(_ABSOLUTE_PATH)))
+
+
 # --- the settings --------------------------------------------------------------------
 
 
@@ -845,10 +851,9 @@ class Settings:
         "kubelet needs back within a second after a partition heals.",
         parse=_UP_TO_A_DAY,
     )
-    health_file: str = setting(
-        "/run/vip-agent/apiserver.health",
-        "keepalived track_file the apiserver prober writes (0 healthy, 1 failing).",
-        parse=_ABSOLUTE_PATH,
+    health_file: str = _run_dir_file(
+        "keepalived track_file the apiserver prober writes (0 healthy, 1 failing). "
+        "Default: run_dir/apiserver.health.",
     )
     health_mode: HealthMode = setting(
         HealthMode.WEIGHT,
@@ -858,20 +863,17 @@ class Settings:
         parse=_choice(HealthMode),
     )
     # --- haproxy ---------------------------------------------------------
-    haproxy_stats_socket: str = setting(
-        "/run/vip-agent/haproxy.sock",
-        "haproxy admin socket (expose-fd listeners, used for seamless reloads).",
-        parse=_ABSOLUTE_PATH,
+    haproxy_stats_socket: str = _run_dir_file(
+        "haproxy admin socket (expose-fd listeners, used for seamless reloads). "
+        "Default: run_dir/haproxy.sock.",
     )
     haproxy_hard_stop_after: int = setting(
         900,
         "Seconds an old haproxy worker may drain connections after a reload.",
         parse=_UP_TO_A_DAY,
     )
-    vrrp_notify_fifo: str | None = setting(
-        "/run/vip-agent/vrrp.fifo",
-        "FIFO keepalived writes VRRP state changes to; unset: none.",
-        parse=_optional(_ABSOLUTE_PATH),
+    vrrp_notify_fifo: str = _run_dir_file(
+        "FIFO keepalived writes VRRP state changes to. Default: run_dir/vrrp.fifo.",
     )
     # --- BGP -------------------------------------------------------------
     mode: Mode = setting(
@@ -1014,6 +1016,11 @@ class Settings:
             except (TypeError, ValueError) as err:
                 _fail(f.name, raw, str(err))
             object.__setattr__(self, f.name, value)
+        # paths of the run directory follow it unless set: two agents on one filesystem
+        # (labs, tests, a second instance) each get their own by setting run_dir alone
+        for name, file_name in _IN_RUN_DIR.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, f"{self.run_dir.rstrip('/')}/{file_name}")
         _check_together(self)
 
     @property
@@ -1056,6 +1063,14 @@ class Settings:
 def node_name_of(settings: Settings, hostname: Callable[[], str] = socket.gethostname) -> str:
     """This node's name: the setting, else (NODE_NAME was read into it) the short hostname."""
     return settings.node_name or hostname().split(".")[0].lower()
+
+
+_IN_RUN_DIR = {
+    "health_file": "apiserver.health",
+    "haproxy_stats_socket": "haproxy.sock",
+    "vrrp_notify_fifo": "vrrp.fifo",
+}
+"""Settings that default to a file in run_dir."""
 
 
 class LiveSettings:

@@ -186,9 +186,6 @@ def agent_config(host: Host, **settings: Any) -> Path:
         "run_dir": str(run),
         "keepalived_config": str(host.dir / "etc" / "keepalived.conf"),
         "haproxy_config": str(host.dir / "etc" / "haproxy.cfg"),
-        "health_file": str(run / "apiserver.health"),
-        "haproxy_stats_socket": str(run / "haproxy.sock"),
-        "vrrp_notify_fifo": str(run / "vrrp.fifo"),
         "metrics_address": "127.0.0.1:0",
     }
     values.update(settings)

@@ -462,7 +462,7 @@ class MetricsServer:
         self.httpd = Server((host, port), handler)
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
     def start(self) -> None:

@@ -209,6 +209,8 @@ class VrrpMonitor:
         self.mismatches: list[Mismatch] = []
         """The confirmed mismatches of the last check (empty when all agree)."""
         self._fd: int | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         self._buffer = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,13 +232,23 @@ class VrrpMonitor:
     def start(self) -> None:
         if self._fd is None:
             self.open()
+        # a pipe of its own wakes the thread from select at once when the agent stops
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="vrrp-monitor", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -248,13 +260,11 @@ class VrrpMonitor:
         next_check = self.clock()
         while not self._stop.is_set():
             timeout = max(0.0, min(0.5, next_check - self.clock()))
-            if self._fd is None:
-                self._stop.wait(timeout)
-            else:
-                with contextlib.suppress(InterruptedError):
-                    ready, _, _ = select.select([self._fd], [], [], timeout)
-                    if ready:
-                        self.read_available()
+            watched = [fd for fd in (self._fd, self._wake_r) if fd is not None]
+            with contextlib.suppress(InterruptedError):
+                ready, _, _ = select.select(watched, [], [], timeout)
+                if self._fd is not None and self._fd in ready:
+                    self.read_available()
             if self.clock() >= next_check:
                 next_check = self.clock() + self.check_interval
                 try:

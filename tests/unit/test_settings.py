@@ -326,3 +326,15 @@ def test_flags_are_read_as_their_kind() -> None:
     assert settings_mod.field_type("daemons") == (str, False)
     assert settings_mod.field_type("advert_int") == (float, False)
     assert settings_mod.field_type("unicast") == (bool, False)
+
+
+def test_run_dir_moves_the_files_that_live_in_it() -> None:
+    """Two agents on one filesystem differ by run_dir alone (issue 15)."""
+    moved = Settings(run_dir="/tmp/agent-2")
+    assert moved.health_file == "/tmp/agent-2/apiserver.health"
+    assert moved.haproxy_stats_socket == "/tmp/agent-2/haproxy.sock"
+    assert moved.vrrp_notify_fifo == "/tmp/agent-2/vrrp.fifo"
+    default = Settings()
+    assert default.haproxy_stats_socket == "/run/vip-agent/haproxy.sock"
+    pinned = Settings(run_dir="/tmp/agent-2", health_file="/var/lib/x/health")
+    assert pinned.health_file == "/var/lib/x/health"
