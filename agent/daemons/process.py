@@ -129,6 +129,9 @@ class Child:
         self.reloads_completed = 0
         """keepalived's "Reload complete" lines seen so far (one per child per reload)."""
         self.cond = threading.Condition()
+        self.group: int | None = None
+        """The process group the daemon leads (we start it in a session of its own), so
+        the children it forked can be found again after it died."""
 
     @property
     def pid(self) -> int | None:
@@ -159,6 +162,7 @@ class Child:
             start_new_session=True,
         )
         self.adopted = None
+        self.group = self.popen.pid
         self.started_at = clock()
         assert self.popen.stdout is not None
         threading.Thread(
@@ -191,6 +195,44 @@ class Child:
             else:
                 time.sleep(0.02)
         return not self.alive()
+
+    def adopt(self, proc: psutil.Process, clock: Clock) -> None:
+        self.adopted, self.popen = proc, None
+        self.started_at = clock()
+        try:
+            # only a group the daemon leads is ours to clean up after it dies
+            self.group = proc.pid if os.getpgid(proc.pid) == proc.pid else None
+        except ProcessLookupError:
+            self.group = None
+
+    def reap_orphans(self, timeout: float = 2.0) -> bool:
+        """SIGKILL what is left of the dead daemon's process group; whether anything was.
+
+        keepalived's VRRP and checker children outlive a parent killed with SIGKILL.  An
+        orphaned VRRP child goes on announcing the VIP, and a new keepalived refuses to
+        start beside it ("daemon is already running") and dies: a second death and a
+        second restart delay for one fault.  haproxy's master-worker has the same shape.
+        """
+        group, self.group = self.group, None
+        if group is None:
+            return False
+        found = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                break  # the group is empty
+            except PermissionError:
+                log.warning("%s: may not signal process group %d", self.name, group)
+                break
+            found = True
+            # orphans are init's to reap, or ours when the agent is a container's pid 1
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-group, os.WNOHANG)[0] > 0:
+                    pass
+            time.sleep(0.02)
+        return found
 
     def terminate(self, grace: float) -> None:
         self.signal(signal.SIGTERM)
@@ -247,8 +289,7 @@ class Supervised:
         running = verified_process(self.pidfile, exe=self.exe, config=self.config)
         if running is not None:
             log.info("%s: adopted running pid %d, no restart", self.name, running.pid)
-            self.child.adopted, self.child.popen = running, None
-            self.child.started_at = self.clock()
+            self.child.adopt(running, self.clock)
             return
         self.before_start()
         self.child.spawn([*self.prefix, *self.argv()], self.clock)
@@ -263,6 +304,8 @@ class Supervised:
         if not self.death_noticed:
             self.death_noticed = True
             self.backoff.died(self.child.started_at)
+            if self.child.reap_orphans():
+                log.warning("%s: killed the children it left running", self.name)
             log.warning(
                 "%s: pid %s exited; restarting in %.1fs",
                 self.name,
@@ -277,3 +320,4 @@ class Supervised:
     def stop(self) -> None:
         self.wanted = False
         self.child.terminate(grace=5.0)
+        self.child.reap_orphans()
