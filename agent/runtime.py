@@ -253,14 +253,15 @@ def _writeback(
 def _stale_vip_cleaner(
     settings: Settings, *, interface: str, managed: netlink.ManagedVips
 ) -> Callable[[], None]:
-    """Before a fresh keepalived starts: remove the VIPs an earlier one left behind."""
+    """Remove the VIPs no VRRP process holds any more: before a fresh keepalived starts
+    (an earlier one left them behind), and at once when its VRRP child dies."""
 
     def clean() -> None:
         keep = {settings.node_address} if settings.node_address is not None else set()
         removed = netlink.remove_stale_vips(interface, managed(), keep=keep)
         if removed:
             log.warning(
-                "removed stale VIPs left by an earlier keepalived: %s",
+                "removed VIPs no VRRP process holds: %s",
                 ", ".join(map(str, removed)),
             )
 

@@ -271,6 +271,22 @@ class VipWatch:
                 found = stamp
         return None if found is None else max(found, since)
 
+    def longest(self, since: float, condition: Callable[[frozenset[str]], bool]) -> float:
+        """The longest stretch after ``since`` during which ``condition`` held (seconds)."""
+        with self._lock:
+            history = list(self.history)
+        ends = [stamp for stamp, _ in history[1:]] + [time.time()]
+        longest, run = 0.0, 0.0
+        for (stamp, holders), end in zip(history, ends, strict=True):
+            if end <= since:
+                continue
+            if condition(holders):
+                run += end - max(stamp, since)
+                longest = max(longest, run)
+            else:
+                run = 0.0
+        return longest
+
     def alive(self) -> bool:
         return self._thread.is_alive()
 

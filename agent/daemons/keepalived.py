@@ -5,13 +5,16 @@ keepalived holds the VIPs (VRRP) and programs IPVS (``virtual_server`` blocks). 
 confirmed when keepalived logs ``Reload complete`` once per child process (VRRP and
 checkers).  keepalived flaps when reloaded in quick succession, so its reloads are
 throttled (``keepalived_reload_interval``).  It announces the VIPs: it starts after
-haproxy and stops first.  keepalived.conf is 0600: it may hold the VRRP password.
+haproxy and stops first.  Its ``before_start`` hook removes VIPs no VRRP process holds;
+it runs before each fresh start and the moment the log says the VRRP child died.
+keepalived.conf is 0600: it may hold the VRRP password.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import subprocess
 import time
@@ -26,6 +29,8 @@ from agent.daemons.spec import ConfigFile, Hook
 from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.daemons")
+
+_VRRP_CHILD_DIED = re.compile(r"VRRP child process\(\d+\) died")
 
 
 def ipvs_available(proc_net: Path = Path("/proc/net")) -> bool:
@@ -102,6 +107,17 @@ class Keepalived(Supervised):
             *("--use-file", str(self.config), "--pid", str(self.pidfile)),
             *("--vrrp_pid", str(self.vrrp_pidfile), "--checkers_pid", str(self.checkers_pidfile)),
         ]
+
+    def on_line(self, line: str) -> None:
+        # The parent respawns a dead VRRP child after 0, 1, 2, 4... s; meanwhile nothing
+        # on this node speaks VRRP, the peer takes the VIP, and the addresses the dead
+        # child added stay here: a VIP on two nodes.  They go now, not at the respawn.
+        if _VRRP_CHILD_DIED.search(line):
+            log.warning("keepalived: its VRRP process died; releasing this node's VIPs now")
+            try:
+                self.before_start()
+            except Exception as err:  # netlink errors are not OSError; the log thread must live
+                log.error("keepalived: cannot release the VIPs: %s", err)
 
     def _children(self) -> int:
         count = 0

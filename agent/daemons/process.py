@@ -119,8 +119,10 @@ class Backoff:
 class Child:
     """A supervised process: spawned by us (Popen) or adopted (psutil)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_line: Callable[[str], None] = lambda line: None) -> None:
         self.name = name
+        self.on_line = on_line
+        """Called with each line of output, in the log thread (keepalived: a VRRP child died)."""
         self.popen: subprocess.Popen[bytes] | None = None
         self.adopted: psutil.Process | None = None
         self.started_at = 0.0
@@ -179,6 +181,7 @@ class Child:
                 if "Reload complete" in line:
                     self.reloads_completed += 1
                 self.cond.notify_all()
+            self.on_line(line)
 
     def signal(self, sig: int) -> None:
         pid = self.pid
@@ -274,7 +277,7 @@ class Supervised:
         self.run_dir = run_dir
         self.pidfile = pidfile
         self.clock = clock
-        self.child = Child(self.name)
+        self.child = Child(self.name, self.on_line)
         self.backoff = Backoff(clock)
         self.wanted = False
         self.death_noticed = False
@@ -282,6 +285,9 @@ class Supervised:
 
     def argv(self) -> list[str]:
         raise NotImplementedError
+
+    def on_line(self, line: str) -> None:
+        """Each line the daemon writes, as it comes (after it went to the log)."""
 
     def start(self) -> None:
         self.wanted = True

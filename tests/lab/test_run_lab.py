@@ -9,6 +9,7 @@ never replaces a working one.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -21,7 +22,16 @@ import pytest
 import yaml
 
 from agent.daemons.process import read_pid
-from labkit.netlab import Host, Lab, agent_config, sample, scrape, start_agent, wait_for
+from labkit.netlab import (
+    Host,
+    Lab,
+    VipWatch,
+    agent_config,
+    sample,
+    scrape,
+    start_agent,
+    wait_for,
+)
 from labkit.objects import configmap, endpoint, endpoint_slice, port, service
 from tests.conftest import ROOT
 
@@ -159,3 +169,31 @@ def test_broken_template_keeps_the_running_config_until_fixed(tmp_path: Path) ->
         assert not failed.exists()
         assert keepalived_pid(host) == pid, "a reload, not a restart"
         assert os.stat(live).st_mode & 0o777 == 0o600
+
+
+def test_killed_vrrp_child_releases_the_vip_before_the_peer_takes_it(pair: Lab) -> None:
+    """keepalived respawns a dead VRRP child after 0, 1, 2 s; the addresses it held must
+    not stay meanwhile, or the VIP is on two nodes once the peer takes over."""
+    holder_and_other(pair)
+    watch = VipWatch(pair, VIP, list(pair.hosts))
+    killed_on = []
+    try:
+        started = time.time()
+        for _ in range(3):  # the respawn delay grows with each death
+            master = pair[next(iter(watch.current()))]
+            killed_on.append(master)
+            os.kill(read_pid(master.dir / "run" / "keepalived_vrrp.pid") or 0, signal.SIGKILL)
+            released = functools.partial(lambda name: name not in watch.current(), master.name)
+            wait_for(released, timeout=1, what="the killed node releases the VIP")
+            wait_for(lambda: len(watch.current()) == 1, timeout=5, what="a new master")
+            time.sleep(2.5)  # the dead node's VRRP is back, and it may preempt again
+        two_holders = watch.longest(started, lambda h: len(h) > 1)
+        no_holder = watch.longest(started, lambda h: not h)
+    finally:
+        watch.close()
+    # a preemption hands over in milliseconds (the new master adds the VIP as the old one
+    # hears its advert); without the release the dead child's VIP stayed 1-2 s
+    assert two_holders < 0.1, f"the VIP was on both nodes for {two_holders:.3f} s"
+    assert no_holder < 1.0
+    for host in killed_on:
+        assert "releasing this node's VIPs now" in (host.dir / "agent.log").read_text()
