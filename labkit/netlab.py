@@ -4,8 +4,9 @@
     node ns 1 ─┼─ br0 (in the switch ns)
     node ns 2 ─┘
 
-Each host has ``eth0`` with an address in 198.51.100.0/24; VIPs live in 192.0.2.0/24,
-reached on-link.  Only documentation addresses, only namespaces this lab created.
+Each host has ``eth0`` with an address in 198.51.100.0/24 and one in 2001:db8:1::/64;
+VIPs live in 192.0.2.0/24 and 2001:db8::/64, reached on-link.  Only documentation
+addresses, only namespaces this lab created.
 Everything the lab starts is stopped by pid, and its namespaces are deleted, when the
 lab closes (also on test failure: use it as a context manager).
 """
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 SUBNET = "198.51.100"
+SUBNET6 = "2001:db8:1:"
 PYTHON = sys.executable
 
 
@@ -71,6 +73,7 @@ class Host:
         self.name = name
         self.ns = f"{lab.prefix}-{name}"
         self.address = f"{SUBNET}.{index}"
+        self.address6 = f"{SUBNET6}:{index}"
         self.port = f"{lab.prefix}p{index}"[-15:]
         self.dir = lab.root / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -142,9 +145,12 @@ class Lab:
         ip("-n", self.switch, "link", "set", host.port, "master", "br0", "up")
         ip("-n", host.ns, "link", "set", "lo", "up")
         ip("-n", host.ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        # no duplicate address detection: the address is usable at once, as the IPv4 one
+        ip("-n", host.ns, "addr", "add", f"{host.address6}/64", "dev", "eth0", "nodad")
         ip("-n", host.ns, "link", "set", "eth0", "up")
-        # VIPs (192.0.2.0/24) are on-link for every host, as on one L2 segment
+        # VIPs (192.0.2.0/24, 2001:db8::/64) are on-link for every host, as on one L2 segment
         ip("-n", host.ns, "route", "add", "192.0.2.0/24", "dev", "eth0")
+        ip("-n", host.ns, "route", "add", "2001:db8::/64", "dev", "eth0")
         self.hosts[name] = host
 
     def __getitem__(self, name: str) -> Host:
@@ -270,6 +276,16 @@ class VipWatch:
             elif found is None:
                 found = stamp
         return None if found is None else max(found, since)
+
+    def earliest(self, since: float, condition: Callable[[frozenset[str]], bool]) -> float | None:
+        """The first wall time at or after ``since`` when ``condition`` held."""
+        with self._lock:
+            history = list(self.history)
+        ends = [stamp for stamp, _ in history[1:]] + [time.time()]
+        for (stamp, holders), end in zip(history, ends, strict=True):
+            if end > since and condition(holders):
+                return max(stamp, since)
+        return None
 
     def longest(self, since: float, condition: Callable[[frozenset[str]], bool]) -> float:
         """The longest stretch after ``since`` during which ``condition`` held (seconds)."""

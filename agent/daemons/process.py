@@ -208,40 +208,54 @@ class Child:
         except ProcessLookupError:
             self.group = None
 
-    def reap_orphans(self, timeout: float = 2.0) -> bool:
-        """SIGKILL what is left of the dead daemon's process group; whether anything was.
+    def reap_orphans(self, grace: float = 1.5) -> bool:
+        """End what is left of the dead daemon's process group; whether anything was.
 
-        keepalived's VRRP and checker children outlive a parent killed with SIGKILL.  An
-        orphaned VRRP child goes on announcing the VIP, and a new keepalived refuses to
-        start beside it ("daemon is already running") and dies: a second death and a
-        second restart delay for one fault.  haproxy's master-worker has the same shape.
+        keepalived's VRRP and checker children outlive a parent killed with SIGKILL (they
+        get SIGTERM from the kernel and take about a second to shut down), and a new
+        keepalived started meanwhile refuses to run beside them ("daemon is already
+        running") and dies: a second death and a second restart delay for one fault.
+        They get ``grace`` seconds to finish their goodbye (a VRRP child sends priority 0
+        and removes its VIPs, so the peer takes over at once), then SIGKILL.
         """
         group, self.group = self.group, None
-        if group is None:
+        if group is None or not _signal_group(group, signal.SIGTERM):
             return False
-        found = False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                break  # the group is empty
-            except PermissionError:
-                log.warning("%s: may not signal process group %d", self.name, group)
-                break
-            found = True
-            # orphans are init's to reap, or ours when the agent is a container's pid 1
-            with contextlib.suppress(ChildProcessError):
-                while os.waitpid(-group, os.WNOHANG)[0] > 0:
-                    pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _signal_group(group, 0):
+            _reap_group(group)
             time.sleep(0.02)
-        return found
+        for _ in range(100):
+            if not _signal_group(group, signal.SIGKILL):
+                break
+            _reap_group(group)
+            time.sleep(0.02)
+        return True
 
     def terminate(self, grace: float) -> None:
         self.signal(signal.SIGTERM)
         if not self.wait(grace):
             self.signal(signal.SIGKILL)
             self.wait(2.0)
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Signal a process group; False once it is empty (or not ours to signal)."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("may not signal process group %d", group)
+        return False
+    return True
+
+
+def _reap_group(group: int) -> None:
+    """Orphans are init's to reap, or ours when the agent is a container's pid 1."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-group, os.WNOHANG)[0] > 0:
+            pass
 
 
 def _nothing() -> None:
@@ -311,7 +325,7 @@ class Supervised:
             self.death_noticed = True
             self.backoff.died(self.child.started_at)
             if self.child.reap_orphans():
-                log.warning("%s: killed the children it left running", self.name)
+                log.warning("%s: ended the children it left running", self.name)
             log.warning(
                 "%s: pid %s exited; restarting in %.1fs",
                 self.name,

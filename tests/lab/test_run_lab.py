@@ -116,7 +116,7 @@ def test_killed_keepalived_comes_back_and_sigterm_releases_the_vip(pair: Lab) ->
     # one fault, one restart: the orphaned VRRP child is killed with its dead parent,
     # so the new keepalived does not find it running and die too
     assert deaths == 1, log_text
-    assert "killed the children it left running" in log_text
+    assert "ended the children it left running" in log_text
     _, body = scrape(holder)
     assert sample(body, "vip_agent_daemon_restarts_total", daemon="keepalived") == 1
     assert sample(body, "vip_agent_daemon_restarts_total", daemon="haproxy") == 0
