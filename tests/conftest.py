@@ -61,6 +61,35 @@ def lab_ready() -> None:
     require_binaries("keepalived", "haproxy", "openssl", "curl")
 
 
+@pytest.fixture(scope="session")
+def bgp_ready() -> None:
+    """Root, namespaces, BIRD and FRR's daemons for the BGP labs (skip, or fail in CI)."""
+    from labkit.bgplab import FRR_BIN, FRR_DAEMONS
+    from labkit.checkers import root_skip_reason
+    from tests.support.requirements import require_binaries
+
+    reason = root_skip_reason()
+    if reason:
+        unavailable(reason)
+    require_binaries("bird", "birdc", "vtysh", "keepalived", "haproxy")
+    missing = [d for d in FRR_DAEMONS if not (FRR_BIN / d).exists()]
+    if missing:
+        unavailable(f"FRR daemons missing in {FRR_BIN}: {', '.join(missing)}")
+
+
+@pytest.fixture
+def report(
+    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> Iterator[list[str]]:
+    """Lines a test appends (what it measured) are printed past pytest's capture when it
+    ends, each after the test's name."""
+    lines: list[str] = []
+    yield lines
+    with capsys.disabled():
+        for line in lines:
+            print(f"\n{request.node.name}: {line}", end="")
+
+
 @pytest.fixture
 def pair(lab_ready: None) -> Iterator[Lab]:
     """Two nodes running ``vip-agent run`` in static mode with the control-plane VIP

@@ -30,6 +30,7 @@ from agent.settings import Settings
 
 log = logging.getLogger("vip-agent.daemons")
 
+_STARTED = ("Starting VRRP child", "Starting Healthcheck child", "no configuration to run")
 _VRRP_CHILD_DIED = re.compile(r"VRRP child process\(\d+\) died")
 
 
@@ -96,6 +97,13 @@ class Keepalived(Supervised):
         self.vrrp_pidfile = run_dir / "keepalived_vrrp.pid"
         self.checkers_pidfile = run_dir / "keepalived_checkers.pid"
         self.confirm_timeout = confirm_timeout
+        self.reloads_completed = 0
+        """"Reload complete" lines seen so far (one per child process per reload)."""
+        self.reloads_started = 0
+        """"Reloading ..." lines seen so far (one per reload, from the parent)."""
+        self.up = False
+        """The parent has read its configuration and started its children (if any): a
+        SIGHUP before that is lost."""
 
     def argv(self) -> list[str]:
         # Without IPVS in the kernel keepalived's checker child exits FATAL and takes
@@ -108,7 +116,17 @@ class Keepalived(Supervised):
             *("--vrrp_pid", str(self.vrrp_pidfile), "--checkers_pid", str(self.checkers_pidfile)),
         ]
 
+    def start(self) -> None:
+        self.up = False
+        super().start()
+
     def on_line(self, line: str) -> None:
+        if any(mark in line for mark in _STARTED):
+            self.up = True
+        if "Reload complete" in line:  # one per child process per reload
+            self.reloads_completed += 1
+        elif "Reloading ..." in line:  # the parent has read the file again
+            self.reloads_started += 1
         # The parent respawns a dead VRRP child after 0, 1, 2, 4... s; meanwhile nothing
         # on this node speaks VRRP, the peer takes the VIP, and the addresses the dead
         # child added stay here: a VIP on two nodes.  They go now, not at the respawn.
@@ -125,22 +143,32 @@ class Keepalived(Supervised):
             pid = read_pid(pidfile)
             if pid is not None and psutil.pid_exists(pid):
                 count += 1
-        return max(count, 1)
+        return count
 
     def reload(self) -> ReloadOutcome:
         started = time.monotonic()
         if not self.child.alive():
             return ReloadOutcome(False, "keepalived is not running", 0.0)
-        expected = self._children()
+        # Each child logs "Reload complete".  With none (a configuration with nothing to
+        # run: mode bgp without IPVS, a node with no VIPs yet) the parent's "Reloading"
+        # is the confirmation; children it starts now read the new file.
         with self.child.cond:
-            mark = self.child.reloads_completed
+            if self.child.popen is not None and not self.child.cond.wait_for(
+                lambda: self.up, timeout=self.confirm_timeout
+            ):
+                return ReloadOutcome(False, "keepalived did not finish starting", 0.0)
+            expected = self._children()
+            completed, started_mark = self.reloads_completed, self.reloads_started
             self.child.signal(signal.SIGHUP)
             if self.child.popen is None:
                 # adopted: its output went to the agent that started it, so only
                 # "still alive after the signal" can be confirmed
                 return ReloadOutcome(True, "signalled (adopted, unconfirmed)", 0.0)
             done = self.child.cond.wait_for(
-                lambda: self.child.reloads_completed - mark >= expected,
+                lambda: (
+                    self.reloads_completed - completed >= expected
+                    and self.reloads_started > started_mark
+                ),
                 timeout=self.confirm_timeout,
             )
         took = time.monotonic() - started

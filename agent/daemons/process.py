@@ -122,14 +122,13 @@ class Child:
     def __init__(self, name: str, on_line: Callable[[str], None] = lambda line: None) -> None:
         self.name = name
         self.on_line = on_line
-        """Called with each line of output, in the log thread (keepalived: a VRRP child died)."""
+        """Called with each line of output, in the log thread, holding ``cond`` (waiters are
+        notified after it returns): keepalived counts reloads and notices a dead child."""
         self.popen: subprocess.Popen[bytes] | None = None
         self.adopted: psutil.Process | None = None
         self.started_at = 0.0
         self.lines: list[str] = []
         """The last 200 lines of output, for error reports."""
-        self.reloads_completed = 0
-        """keepalived's "Reload complete" lines seen so far (one per child per reload)."""
         self.cond = threading.Condition()
         self.group: int | None = None
         """The process group the daemon leads (we start it in a session of its own), so
@@ -178,10 +177,8 @@ class Child:
             with self.cond:
                 self.lines.append(line)
                 del self.lines[:-200]
-                if "Reload complete" in line:
-                    self.reloads_completed += 1
+                self.on_line(line)
                 self.cond.notify_all()
-            self.on_line(line)
 
     def signal(self, sig: int) -> None:
         pid = self.pid

@@ -2,7 +2,7 @@
 
 BIRD runs by hand here, from the reference configuration in labkit.bgplab (what the agent's
 template has to match), against FRR as the upstream router.  Each test prints what it
-measured ("bgp-lab: ..." lines, shown even without ``-s``), and the bounds asserted are
+measured (lines after the test's name, shown even without ``-s``), and the bounds asserted are
 generous next to those figures: what is proven is the behaviour, the figures are reported.
 
 What the agent side must respect, each shown by a test here:
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from labkit.bgplab import (
-    FRR_BIN,
-    FRR_DAEMONS,
     BfdMode,
     BgpLab,
     Bird,
@@ -36,8 +34,6 @@ from labkit.bgplab import (
     reference_bird_conf,
     wait_for,
 )
-from labkit.checkers import root_skip_reason
-from tests.support.requirements import require_binaries, unavailable
 
 VIP4 = "192.0.2.100"
 VIP6 = "2001:db8::100"
@@ -48,26 +44,7 @@ GATE_TABLE = 100
 PORT = 8080
 
 
-@pytest.fixture(autouse=True)
-def bgp_ready() -> None:
-    """Root, namespaces, BIRD and FRR's daemons (skip locally, fail in CI)."""
-    reason = root_skip_reason()
-    if reason:
-        unavailable(reason)
-    require_binaries("bird", "birdc", "vtysh")
-    missing = [d for d in FRR_DAEMONS if not (FRR_BIN / d).exists()]
-    if missing:
-        unavailable(f"FRR daemons missing in {FRR_BIN}: {', '.join(missing)}")
-
-
-@pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Iterator[list[str]]:
-    """Lines a test appends are printed past pytest's capture when it ends."""
-    lines: list[str] = []
-    yield lines
-    with capsys.disabled():
-        for line in lines:
-            print(f"\nbgp-lab: {line}", end="")
+pytestmark = pytest.mark.usefixtures("bgp_ready")
 
 
 def conf(
