@@ -14,12 +14,14 @@ import pytest
 
 from agent.assets import template_dirs
 from agent.core import render
+from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.daemons import config_files_for
 from agent.daemons.spec import outputs
 from agent.settings import Settings
 from agent.sources.manifests import load_snapshot
 from labkit.checkers import Checkers
+from labkit.objects import configmap, node, port, service
 from tests.conftest import EXAMPLES
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -180,3 +182,31 @@ def test_keepalived_check_is_honest(checkers: Checkers) -> None:
     assert not checkers.keepalived(good.replace("interface eth0", "interface eth9", 1), []).ok
     assert not checkers.keepalived(good + "\nnot_a_keyword {\n}\n").ok
     assert not checkers.haproxy("global\n    no-such-directive\n").ok
+
+
+def test_a_lone_node_with_unicast_renders_what_keepalived_accepts(checkers: Checkers) -> None:
+    """The DaemonSet ships ``unicast: true``; the first node of a cluster has no peer yet.
+    keepalived refuses ``unicast_src_ip`` without a ``unicast_peer``, which refused every
+    render and kept the node without VIPs: until a peer exists the instance is multicast."""
+    objects = [
+        node("solo", "198.51.100.21", "2001:db8:1::21", control_plane=True),
+        configmap({"192.0.2.50": "default/web", "2001:db8::50": "default/web"}),
+        service("web", [port("http", 80, 8080)]),
+    ]
+    settings = Settings(
+        node_name="solo", interface="eth0", unicast=True, control_plane_vip="192.0.2.10"
+    )
+    state = translate(Snapshot.from_objects(objects), settings, node_name="solo", interface="eth0")
+    files = render.Renderer(template_dirs(None)).render(state, outputs(config_files_for(settings)))
+    conf = files["keepalived.conf"]
+    assert "unicast_src_ip" not in conf and "192.0.2.10" in conf and "192.0.2.50" in conf
+    checked = checkers.keepalived(conf)
+    assert checked.ok, checked.output
+    # a second node makes it unicast again
+    two = Snapshot.from_objects([*objects, node("other", "198.51.100.22", "2001:db8:1::22")])
+    state = translate(two, settings, node_name="solo", interface="eth0")
+    conf = render.Renderer(template_dirs(None)).render(state, outputs(config_files_for(settings)))[
+        "keepalived.conf"
+    ]
+    assert "unicast_src_ip 198.51.100.21" in conf and "198.51.100.22" in conf
+    assert checkers.keepalived(conf).ok

@@ -41,7 +41,8 @@ class Unicast:
 def unicast_for(
     settings: Settings, *, nodes: NodeView, eligible: Iterable[str], family: int
 ) -> Unicast:
-    """This node's source address and the other eligible nodes (or the static peers)."""
+    """This node's source address and the other eligible nodes (or the static peers);
+    neither while there is no peer (keepalived then speaks multicast)."""
     if not settings.unicast:
         return Unicast(None, ())
     src: IPAddress | None = None
@@ -53,6 +54,11 @@ def unicast_for(
     found = {nodes.by_name[n].address(family) for n in eligible if n != nodes.name}
     static = {a for a in settings.unicast_peers if a.version == family and a != src}
     peers = {a for a in found if a is not None} | static
+    if not peers:
+        # A node alone (a one-node cluster, the first node of a rollout): keepalived
+        # refuses unicast_src_ip without a peer, which refused every render.  Multicast
+        # until a peer appears; the next render after it joins is unicast again.
+        return Unicast(None, ())
     return Unicast(src, tuple(sorted(peers, key=int)))
 
 
