@@ -143,6 +143,7 @@ class AgentBgpLab:
     """BgpLab with the agent on every node; see the module docstring."""
 
     def __init__(self, nodes: Sequence[str] = ("n1", "n2"), *, bfd: bool = True) -> None:
+        self.bfd = bfd
         self.bgp = BgpLab(nodes, passwords={n: PASSWORD for n in nodes}, bfd=bfd)
         try:
             self.root = self.bgp.root
@@ -181,9 +182,9 @@ class AgentBgpLab:
         tmp.rename(self.manifests / "cluster.yaml")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Every session Established with BFD up, every base VIP at the router."""
+        """Every session Established (with BFD up, if on), every base VIP at the router."""
         for name in self.agents:
-            self.bgp.wait_established(name, timeout=timeout)
+            self.bgp.wait_established(name, bfd=self.bfd, timeout=timeout)
         everyone = frozenset(self.agents)
         for vip in (CONTROL_PLANE_VIP, WEB4, WEB6):
             self.wait_fib(vip, everyone, timeout=timeout)
