@@ -1,13 +1,15 @@
 """The agent's loop: events in, one coalesced reconcile out, daemons reloaded when bytes change.
 
     source event ─┐
-    template edit ├─> trigger ──(coalesce window)──> reconcile:
+    template edit ├─> trigger ──(at once, or when the interval allows)──> reconcile:
     settings edit ┘      snapshot -> translate -> render -> apply (validate, swap)
                                                           -> reload changed daemons
 
-* Coalescing: the first event opens a window (``coalesce_seconds``); every event in it
-  joins the same reconcile, so a burst of a thousand EndpointSlice updates renders once
-  or twice, not a thousand times.
+* Bounded frequency (kube-proxy's BoundedFrequencyRunner): a change after a quiet moment
+  is reconciled at once; passes start at most once per ``coalesce_seconds``, so events
+  that arrive while a pass runs, or soon after it started, join the next pass.  A burst
+  of a thousand EndpointSlice updates renders a few times, not a thousand, and a lone
+  change never waits out a window.
 * Identical output writes nothing and reloads nothing.
 * Which files are rendered, which daemon a changed file reloads, each daemon's reload
   throttle and the order daemons start and stop in all come from the daemon modules'
@@ -272,31 +274,32 @@ class Agent:
 
     def run(self, stop: threading.Event, tick: float = 0.5) -> None:
         """Reconcile on events until ``stop`` is set; supervise daemons every ``tick``."""
-        window = self.settings.coalesce_seconds
+        interval = self.settings.coalesce_seconds
         self.source.start(self.trigger)
         # cleared before the first pass, not after: that pass reads everything the source
         # has now, and an event arriving while it runs must bring another pass (clearing
         # afterwards lost such events until the next one came: found by 3 agents whose
         # first pass raced the creation of 30 Services)
         self._trigger.clear()
+        last_pass = self.clock()
         self.reconcile()
         for daemon in self._start_order():
             daemon.start()
-        dirty_since: float | None = None
+        dirty = False
         while not stop.is_set():
             self.status.heartbeat = self.clock()
             timeout = tick
-            if dirty_since is not None:
-                timeout = min(timeout, max(0.0, dirty_since + window - self.clock()))
+            if dirty:
+                timeout = min(timeout, max(0.0, last_pass + interval - self.clock()))
             pending = self._reload_due()
             if pending is not None:
                 timeout = min(timeout, pending)
             if self._trigger.wait(timeout):
                 self._trigger.clear()
-                if dirty_since is None:
-                    dirty_since = self.clock()
-            if dirty_since is not None and self.clock() >= dirty_since + window:
-                dirty_since = None
+                dirty = True
+            if dirty and self.clock() >= last_pass + interval:
+                dirty = False
+                last_pass = self.clock()  # the start: a slow pass delays no later event
                 self.reconcile()
             for daemon in self.daemons.values():
                 daemon.supervise()

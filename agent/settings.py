@@ -977,7 +977,8 @@ class Settings:
     )
     coalesce_seconds: float = setting(
         0.1,
-        "Events within this window after the first are rendered together.",
+        "Least seconds between the starts of two reconciles: a change after a quiet moment "
+        "is applied at once, changes arriving sooner are applied together in the next pass.",
         parse=_floats(0, 60, "0-60 seconds"),
     )
     keepalived_config: str = setting(

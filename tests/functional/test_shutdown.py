@@ -42,4 +42,4 @@ def test_sigterm_ends_the_agent_within_a_few_hundred_milliseconds(tmp_path: Path
             if agent.poll() is None:
                 agent.kill()
             log.close()
-    assert statistics.median(took) < 0.4, took
+    assert statistics.median(took) < 0.3, took  # the target; measured 0.12-0.22 s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -62,3 +63,82 @@ def test_an_event_during_the_first_pass_brings_another_pass(tmp_path: Path) -> N
     stop.set()
     loop.join(timeout=5)
     assert source.reads >= 2, "the change seen during the first pass was never reconciled"
+
+
+class Counting:
+    """A source that counts the passes reading it and when each began."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.notify: Callable[[], None] = lambda: None
+        self.reads: list[float] = []
+
+    def start(self, notify: Callable[[], None]) -> None:
+        self.notify = notify
+
+    def snapshot(self) -> Snapshot:
+        self.reads.append(time.monotonic())
+        return Snapshot()
+
+    def stop(self) -> None:
+        return None
+
+
+def running_agent(tmp_path: Path, source: Counting, interval: float) -> threading.Event:
+    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
+    agent = Agent(
+        settings=Settings(interface="eth0", coalesce_seconds=interval),
+        source=source,
+        daemons={},
+        targets=[Target("keepalived.conf", tmp_path / "keepalived.conf", 0o600, accept)],
+        template_dirs=lambda: template_dirs(None),
+        node_name="n1",
+        interface="eth0",
+    )
+    stop = threading.Event()
+    threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
+    return stop
+
+
+def wait_reads(source: Counting, count: int, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while len(source.reads) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_a_lone_change_after_a_quiet_moment_is_reconciled_at_once(tmp_path: Path) -> None:
+    source = Counting()
+    stop = running_agent(tmp_path, source, interval=0.5)
+    try:
+        wait_reads(source, 1)
+        time.sleep(0.6)  # quiet for longer than the interval
+        changed = time.monotonic()
+        source.notify()
+        wait_reads(source, 2)
+        assert len(source.reads) == 2
+        # not after a 0.5 s window: at once
+        assert source.reads[1] - changed < 0.1, source.reads[1] - changed
+    finally:
+        stop.set()
+
+
+def test_a_burst_is_reconciled_a_few_times_and_its_last_event_lands(tmp_path: Path) -> None:
+    source = Counting()
+    stop = running_agent(tmp_path, source, interval=0.2)
+    try:
+        wait_reads(source, 1)
+        time.sleep(0.3)
+        started = time.monotonic()
+        for _ in range(500):  # 500 events over about 0.5 s
+            source.notify()
+            time.sleep(0.001)
+        last = time.monotonic()
+        time.sleep(0.5)
+        passes = [t for t in source.reads if t >= started]
+        # at most one pass per interval (plus the one at the start of the burst)
+        assert 2 <= len(passes) <= (last - started) / 0.2 + 2, passes
+        assert passes[-1] >= last - 0.005, "the burst's last event was not reconciled"
+        gaps = [b - a for a, b in itertools.pairwise(passes)]
+        assert min(gaps) >= 0.19, gaps
+    finally:
+        stop.set()
