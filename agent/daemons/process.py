@@ -213,18 +213,22 @@ class Child:
         keepalived started meanwhile refuses to run beside them ("daemon is already
         running") and dies: a second death and a second restart delay for one fault.
         They get ``grace`` seconds to finish their goodbye (a VRRP child sends priority 0
-        and removes its VIPs, so the peer takes over at once), then SIGKILL.
+        and removes its VIPs, so the peer takes over at once), then SIGKILL.  Zombies
+        count as gone: an adopted daemon's exit is reaped by init, not by us, whenever
+        init gets to it.
         """
         group, self.group = self.group, None
-        if group is None or not _signal_group(group, signal.SIGTERM):
+        if group is None or not _live_members(group):
             return False
+        _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _signal_group(group, 0):
+        while time.monotonic() < deadline and _live_members(group):
             _reap_group(group)
             time.sleep(0.02)
         for _ in range(100):
-            if not _signal_group(group, signal.SIGKILL):
+            if not _live_members(group):
                 break
+            _signal_group(group, signal.SIGKILL)
             _reap_group(group)
             time.sleep(0.02)
         return True
@@ -246,6 +250,18 @@ def _signal_group(group: int, sig: int) -> bool:
         log.warning("may not signal process group %d", group)
         return False
     return True
+
+
+def _live_members(group: int) -> list[int]:
+    """Pids in a process group that are not zombies."""
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == group:
+                found.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
 
 
 def _reap_group(group: int) -> None:

@@ -97,6 +97,12 @@ def test_agent_sigkill_keeps_the_vip_and_restart_adopts_without_flap(pair: Lab) 
     assert keepalived_pid(holder) == before, "keepalived was restarted, not adopted"
     assert presence.samples > 100
     assert presence.missing == 0, f"VIP missing in {presence.missing} of {presence.samples} polls"
+    # adopted daemons stop as fast as its own children (their exits are init's to reap:
+    # waiting for the zombies to go took 3.5 s per daemon)
+    stopping = time.monotonic()
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(timeout=10) == 0
+    assert time.monotonic() - stopping < 2.0
 
 
 def test_killed_keepalived_comes_back_and_sigterm_releases_the_vip(pair: Lab) -> None:
