@@ -10,6 +10,7 @@ runner is injected so callers (and tests) choose how to run it.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,3 +45,87 @@ def check(argv: Sequence[str], *, runner: Runner = run, timeout: float = 30.0) -
         return CheckResult(False, f"{argv[0]}: no answer within {timeout:g}s")
     output = "\n".join(part.strip() for part in (done.stdout, done.stderr) if part.strip())
     return CheckResult(done.returncode == 0, output)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One top-level section of a configuration file, with the comments before it."""
+
+    kind: str
+    """Its first word: ``virtual_server``, ``vrrp_instance``, ``listen``..."""
+    text: str
+
+
+Splitter = Callable[[str], "list[Block] | None"]
+"""A daemon's file cut into its top-level sections, in order, every character kept (so
+the blocks joined are the file); None when the file has a shape the splitter does not
+know, which makes the check whole."""
+
+
+class Incremental:
+    """A daemon's checker run on what changed, not on the whole file every time.
+
+    A file of thousands of virtual servers costs keepalived a third of a second to check
+    (0.3 s at 5,000), on every change.  Blocks of the kinds in ``alone`` (keepalived's
+    ``virtual_server``, haproxy's ``listen``) need nothing but the file's other blocks to
+    be checked, and each block that passed once passes again beside the same other
+    blocks.  So when a file differs from the last one that passed only in such blocks,
+    the checker gets a small file: every other block, unchanged, plus the new or changed
+    ones.  Anything else (the first check, a changed VRRP instance or global section, a
+    template or settings change that touches them, a file the splitter cannot cut) and
+    every ``full_every`` seconds, it checks the whole file.
+    """
+
+    def __init__(
+        self,
+        check: Validator,
+        split: Splitter,
+        alone: frozenset[str],
+        *,
+        full_every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.check, self.split, self.alone = check, split, alone
+        self.full_every, self.clock = full_every, clock
+        self.passed: list[Block] | None = None
+        """The blocks of the last file that passed."""
+        self.last_full = float("-inf")
+        self.partial_checks = 0
+        self.full_checks = 0
+
+    def __call__(self, path: Path) -> CheckResult:
+        try:
+            blocks = self.split(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            blocks = None  # the checker will say what is wrong with it
+        small = None
+        if blocks is not None and self.clock() - self.last_full < self.full_every:
+            small = self._small(blocks)
+        if small is None:
+            self.full_checks += 1
+            result = self.check(path)
+            if result.ok:
+                self.last_full = self.clock()
+        else:
+            self.partial_checks += 1
+            part = path.with_name(f".{path.name}.part")
+            part.write_text(small, encoding="utf-8")
+            part.chmod(path.stat().st_mode & 0o777)
+            try:
+                result = self.check(part)
+            finally:
+                part.unlink(missing_ok=True)
+        if result.ok:
+            self.passed = blocks
+        return result
+
+    def _small(self, blocks: list[Block]) -> str | None:
+        """The file to check instead of ``blocks``, or None when only the whole will do."""
+        if self.passed is None:
+            return None
+        fixed = [b.text for b in blocks if b.kind not in self.alone]
+        if fixed != [b.text for b in self.passed if b.kind not in self.alone]:
+            return None
+        seen = {b.text for b in self.passed if b.kind in self.alone}
+        new = [b.text for b in blocks if b.kind in self.alone and b.text not in seen]
+        return "".join(fixed) + "".join(new)

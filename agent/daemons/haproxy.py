@@ -157,6 +157,40 @@ class ProcTable:
         return cls(reloads=reloads, failed=failed, worker=worker)
 
 
+_SECTIONS = frozenset(
+    {"global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist"}
+    | {"program", "http-errors", "ring", "cache", "mailers"}
+)
+
+
+def sections(text: str) -> list[validate.Block] | None:
+    """haproxy.cfg cut at its section keywords (blank lines and comments right before a
+    section belong to it); None when anything but comments comes before the first one."""
+    found: list[validate.Block] = []
+    current: list[str] = []
+    pending: list[str] = []
+    kind = ""
+    for line in text.splitlines(keepends=True):
+        word = line.split(None, 1)[0] if line.strip() else ""
+        if not word or (word.startswith("#") and not line[:1].isspace()):
+            pending.append(line)
+            continue
+        if not line[:1].isspace() and word in _SECTIONS:
+            if kind:
+                found.append(validate.Block(kind, "".join(current)))
+            kind, current = word, [*pending, line]
+        elif not kind:
+            return None
+        else:
+            current += [*pending, line]
+        pending = []
+    if kind:
+        found.append(validate.Block(kind, "".join(current)))
+    if pending:
+        found.append(validate.Block("", "".join(pending)))
+    return found
+
+
 def _config_path(settings: Settings) -> Path:
     return Path(settings.haproxy_config)
 
@@ -183,4 +217,6 @@ HAPROXY_CFG = ConfigFile(
     path=_config_path,
     check=_check,
     supervised=_supervised,
+    split=sections,
+    alone=frozenset({"listen"}),
 )

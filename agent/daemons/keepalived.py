@@ -177,6 +177,34 @@ class Keepalived(Supervised):
         return ReloadOutcome(True, "reload complete", took)
 
 
+def blocks(text: str) -> list[validate.Block] | None:
+    """keepalived.conf cut at its top-level ``{ ... }`` sections (comments and blank lines
+    before a section belong to it); None for anything else at the top level (``include``,
+    a stray word) or unbalanced braces."""
+    found: list[validate.Block] = []
+    lines: list[str] = []
+    kind, depth = "", 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        lines.append(line)
+        if depth == 0:
+            if not stripped or stripped[0] in "#!":
+                continue
+            kind = stripped.split()[0]
+        code = stripped.split("#", 1)[0].split("!", 1)[0]
+        depth += code.count("{") - code.count("}")
+        if depth < 0 or (depth == 0 and "{" not in code and "}" not in code):
+            return None  # a closing brace too many, or a statement outside any section
+        if depth == 0:
+            found.append(validate.Block(kind, "".join(lines)))
+            lines = []
+    if depth != 0:
+        return None
+    if lines:
+        found.append(validate.Block("", "".join(lines)))  # trailing comments
+    return found
+
+
 def _config_path(settings: Settings) -> Path:
     return Path(settings.keepalived_config)
 
@@ -216,4 +244,6 @@ KEEPALIVED_CONF = ConfigFile(
     supervised=_supervised,
     announces=True,
     reload_interval=_reload_interval,
+    split=blocks,
+    alone=frozenset({"virtual_server"}),
 )

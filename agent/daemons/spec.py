@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.apply import Target
 from agent.daemons.process import Daemon
 from agent.settings import Settings
-from agent.validate import CheckResult, Validator
+from agent.validate import CheckResult, Incremental, Splitter, Validator
 
 Hook = Callable[[], None]
 
@@ -56,10 +56,22 @@ class ConfigFile:
     them, so peers take a VIP over while it is still served here."""
     reload_interval: Callable[[Settings], float] = no_throttle
     """At least this many seconds between two reloads (later changes wait, coalesced)."""
+    split: Splitter | None = None
+    """The file cut into its top-level sections, for checking only what changed."""
+    alone: frozenset[str] = frozenset()
+    """Kinds of section the checker may see without their siblings (see
+    agent.validate.Incremental)."""
 
     def validator(self, settings: Settings) -> Validator:
-        """The check apply runs on this file, bound to these settings."""
-        return lambda path: self.check(path, settings)
+        """The check apply runs on this file, bound to these settings: of what changed,
+        where the daemon module says how to cut the file."""
+
+        def check(path: Path) -> CheckResult:
+            return self.check(path, settings)
+
+        if self.split is None or not self.alone:
+            return check
+        return Incremental(check, self.split, self.alone)
 
 
 def outputs(files: Iterable[ConfigFile]) -> Mapping[str, str]:
