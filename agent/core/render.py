@@ -14,7 +14,6 @@ quote or a comment character into keepalived.conf or haproxy.cfg.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import jinja2
 
 from agent.core import grammar
-from agent.core.memo import Generations
+from agent.core.memo import Generations, IdentityMemo
 from agent.core.model import (
     Announcement,
     ApiserverProxy,
@@ -238,14 +237,22 @@ def _track_file(track: TrackFile) -> Values:
 
 class Renderer:
     """One explicit Jinja environment for a list of template directories (a user's
-    directory first, packaged ones after), and the template values of the model objects
-    the last two renders used (see agent.core.memo).
+    directory first, packaged ones after), and what the last two renders produced per
+    model object (see agent.core.memo).
 
     Compiling the templates costs more than rendering a thousand Services, so the caller
     keeps its Renderer between passes (Jinja re-checks each template's mtime on use, so an
-    edited template is still picked up at once); per-object values are cached on the
-    frozen, hashable model objects, because between two reconciles of a large cluster
-    almost every instance and virtual server equals one already converted.
+    edited template is still picked up at once).  Between two reconciles of a large
+    cluster almost every instance and virtual server is one already rendered, so two
+    things are kept:
+
+    * the template values of each model object, found by identity first (translate hands
+      back the very same VirtualServer and ProxyListener objects for a Service that did
+      not change: no deep hash) and by equality otherwise;
+    * the text of each block a template renders through ``block()`` (a macro and its
+      values), by the template and the values' identity: an unchanged virtual server is
+      one dictionary lookup, not a template run.  A template edited on disk is a new
+      Template object, so nothing rendered from the old one is reused.
     """
 
     def __init__(self, template_dirs: Sequence[Path]) -> None:
@@ -259,23 +266,41 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        self.env.globals["block"] = self._block
         self.values: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = (
             Generations()
         )
+        self.by_identity: IdentityMemo[Values] = IdentityMemo()
+        self.blocks: Generations[tuple[int, str, int], tuple[object, Values, str]] = Generations()
+        self._template: jinja2.Template | None = None
+
+    def _values(self, obj: VrrpInstance | VirtualServer | ProxyListener) -> Values:
+        convert = _CONVERT[type(obj)]
+        return self.by_identity.get(
+            (obj,), None, compute=lambda: self.values.get(obj, lambda: convert(obj))
+        )
+
+    def _block(self, macro: Any, values: Values) -> str:
+        """``macro(values)``, rendered once per template and values object."""
+        template = self._template
+        assert template is not None
+        key = (id(template), str(macro.name), id(values))
+        # the entry keeps the template and the values alive, so while it exists their ids
+        # cannot belong to other objects
+        return self.blocks.get(key, lambda: (template, values, str(macro(values))))[2]
 
     def context(self, state: DesiredState) -> dict[str, Any]:
         """The plain values the templates see (templates must not mutate them)."""
-        self.values.turn()
-        cached = self.values.get
+        for cache in (self.values, self.by_identity, self.blocks):
+            cache.turn()
+        values = self._values
         return {
             "router_id": _safe(state.router_id),
             "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
             "track_files": [_track_file(t) for t in state.track_files],
-            "instances": [cached(i, functools.partial(_instance, i)) for i in state.instances],
-            "virtual_servers": [
-                cached(v, functools.partial(_virtual_server, v)) for v in state.virtual_servers
-            ],
-            "listeners": [cached(x, functools.partial(_listener, x)) for x in state.listeners],
+            "instances": [values(i) for i in state.instances],
+            "virtual_servers": [values(v) for v in state.virtual_servers],
+            "listeners": [values(x) for x in state.listeners],
             "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
             "stats_socket": _safe(state.haproxy_stats_socket),
             "node": _safe(state.router_id),
@@ -289,8 +314,18 @@ class Renderer:
         out: dict[str, str] = {}
         for name, template in outputs.items():
             try:
-                out[name] = self.env.get_template(template).render(values)
+                self._template = self.env.get_template(template)
+                out[name] = self._template.render(values)
             except jinja2.TemplateError as err:
                 where = f":{err.lineno}" if isinstance(err, jinja2.TemplateSyntaxError) else ""
                 raise RenderError(f"template {template}{where}: {err}") from err
+            finally:
+                self._template = None
         return out
+
+
+_CONVERT: dict[type, Any] = {
+    VrrpInstance: _instance,
+    VirtualServer: _virtual_server,
+    ProxyListener: _listener,
+}

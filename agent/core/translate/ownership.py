@@ -54,7 +54,7 @@ class Ownership:
 
     def _refusal(self, request: VipRequest) -> tuple[Reason, str] | None:
         vip = request.vip
-        if vip == self.control_plane_vip:
+        if self.control_plane_vip is not None and vip == self.control_plane_vip:
             return Reason.CONTROL_PLANE_VIP, "is the control-plane VIP"
         forbidden = self.forbidden.reason(vip)
         if forbidden is not None:
