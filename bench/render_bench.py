@@ -4,7 +4,9 @@ For each size N it writes a cluster of N Services x 4 ready endpoints (each with
 the vip-configmap, NAT, one TCP port) plus 5 nodes, as one `kubectl get -o yaml` List, then
 runs `vip-agent render --dry-run` in a fresh process (the way an operator runs it) and
 reports wall time, the interpreter start-up it includes, and the child's peak RSS, once
-for `-o yaml` input and once for `-o json` input (the same objects).
+for `-o yaml` input and once for `-o json` input (the same objects).  For JSON input it
+also times the floor, a fresh Python doing nothing but ``json.load`` of the same file,
+and reports the ratio of the two (both beyond interpreter start-up).
 
     python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3]
 """
@@ -147,7 +149,7 @@ def main() -> None:
     print(f"interpreter start-up: {startup * 1000:.0f} ms; with imports: {imports * 1000:.0f} ms")
     print(
         f"{'services':>9} {'input':>6} {'MB':>5} {'wall p50 s':>11} {'beyond start-up s':>18} "
-        f"{'peak RSS MB':>12}"
+        f"{'peak RSS MB':>12} {'json.load s':>12} {'x json.load':>12}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for n, fmt in ((int(s), f) for s in args.sizes.split(",") for f in ("yaml", "json")):
@@ -167,9 +169,14 @@ def main() -> None:
             wall = statistics.median(r[0] for r in runs)
             rss = max(r[1] for r in runs)
             size = path.stat().st_size / 1e6
+            floor = ""
+            if fmt == "json":
+                load = [sys.executable, "-c", f"import json; json.load(open({str(path)!r}))"]
+                parse = statistics.median(run_once(load)[0] for _ in range(args.repeat)) - startup
+                floor = f"{parse:>12.3f} {(wall - startup) / parse:>12.1f}"
             print(
                 f"{n:>9} {fmt:>6} {size:>5.1f} {wall:>11.3f} {wall - startup:>18.3f} "
-                f"{rss / 1e6:>12.1f}"
+                f"{rss / 1e6:>12.1f} {floor}"
             )
 
 
