@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test-deps demo test check lint typecheck unit bench clean
+.PHONY: setup system-deps test-deps demo test check lint typecheck unit bench image clean
 
 setup: system-deps $(STAMP)
 
@@ -54,6 +54,13 @@ check: lint typecheck
 
 bench: setup
 	$(BIN)/python bench/render_bench.py
+
+# The container image, localhost/vip-agent:<version>, from Debian packages and PyPI only
+# (mmdebstrap makes the base, buildah builds container/Containerfile on it); root. Cached
+# in /var/cache/vip-agent/images: prints the image's docker-archive there, in seconds when
+# nothing changed. `scripts/build-image --refresh` rebuilds with Debian's current packages.
+image:
+	@scripts/build-image
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
