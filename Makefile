@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test-deps demo test check lint typecheck unit bench clean
+.PHONY: setup system-deps test-deps demo test check lint typecheck unit bench image clean
 
 setup: system-deps $(STAMP)
 
@@ -15,11 +15,13 @@ system-deps:
 
 # The real parts the heavier tests drive, built once and cached outside the checkout
 # (/var/cache/vip-agent): a kube-apiserver from Debian's sources (about 5 minutes the
-# first time) and a qemu guest with Debian's kernel for IPVS. Root only; without them
-# those tests skip locally (and fail in CI, which sets VIP_AGENT_CI_STRICT=1).
+# first time), a qemu guest with Debian's kernel for IPVS, and the container image (about
+# 2 minutes). Root only; without them those tests skip locally (and fail in CI, which sets
+# VIP_AGENT_CI_STRICT=1).
 test-deps:
-	@if [ "$$(id -u)" = 0 ]; then scripts/build-ipvs-guest && scripts/build-kube-apiserver; \
-	else echo "test-deps: not root; guest and API server tests will skip" >&2; fi
+	@if [ "$$(id -u)" = 0 ]; then scripts/build-ipvs-guest && scripts/build-kube-apiserver \
+		&& scripts/build-image >/dev/null; \
+	else echo "test-deps: not root; guest, API server and image tests will skip" >&2; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +56,13 @@ check: lint typecheck
 
 bench: setup
 	$(BIN)/python bench/render_bench.py
+
+# The container image, localhost/vip-agent:<version>, from Debian packages and PyPI only
+# (mmdebstrap makes the base, buildah builds container/Containerfile on it); root. Cached
+# in /var/cache/vip-agent/images: prints the image's docker-archive there, in seconds when
+# nothing changed. `scripts/build-image --refresh` rebuilds with Debian's current packages.
+image:
+	@scripts/build-image
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

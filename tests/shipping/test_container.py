@@ -1,6 +1,7 @@
 """container/: the Containerfile, and what the manifests ask of the agent.
 
-There is no container engine here, so the image is not built.  Instead:
+tests/shipping/test_image.py builds the image and runs it (root, buildah: minutes the
+first time).  These checks need no image:
 
 * the Containerfile is parsed: stages, base images, that every COPY source exists in
   the checkout and every ``--from`` names an earlier stage, that the ENTRYPOINT is the
