@@ -92,10 +92,11 @@ class Incremental:
         self.last_full = float("-inf")
         self.partial_checks = 0
         self.full_checks = 0
+        self._last_cut: list[Block] | None = None
 
     def __call__(self, path: Path) -> CheckResult:
         try:
-            blocks = self.split(path.read_text(encoding="utf-8"))
+            blocks = self._cut(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError):
             blocks = None  # the checker will say what is wrong with it
         small = None
@@ -119,6 +120,21 @@ class Incremental:
             self.passed = blocks
         return result
 
+    def _cut(self, text: str) -> list[Block] | None:
+        """``split(text)``, cutting only what differs from the last file cut.
+
+        Blocks the last file began and ended with, found again at the same place (a
+        memory compare each), are taken as they are: a block boundary is where the
+        splitter starts afresh, so what lies before it cannot change how it cuts what
+        follows.  Only the middle is cut; a middle that does not end exactly where the
+        kept tail begins (comments at its end would belong to the tail's first block)
+        makes the cut whole.
+        """
+        last, self._last_cut = self._last_cut, None
+        blocks = self.split(text) if last is None else _cut_between(text, last, self.split)
+        self._last_cut = blocks
+        return blocks
+
     def _small(self, blocks: list[Block]) -> str | None:
         """The file to check instead of ``blocks``, or None when only the whole will do."""
         if self.passed is None:
@@ -129,3 +145,21 @@ class Incremental:
         seen = {b.text for b in self.passed if b.kind in self.alone}
         new = [b.text for b in blocks if b.kind in self.alone and b.text not in seen]
         return "".join(fixed) + "".join(new)
+
+
+def _cut_between(text: str, last: list[Block], split: Splitter) -> list[Block] | None:
+    """``split(text)`` given the blocks of the file cut before (see Incremental._cut)."""
+    head, pos = 0, 0
+    while head < len(last) and text.startswith(last[head].text, pos):
+        pos += len(last[head].text)
+        head += 1
+    tail, end = len(last), len(text)
+    while tail > head and end - len(last[tail - 1].text) >= pos:
+        if not text.endswith(last[tail - 1].text, pos, end):
+            break
+        end -= len(last[tail - 1].text)
+        tail -= 1
+    middle = split(text[pos:end]) if pos < end else []
+    if middle is None or (middle and tail < len(last) and not middle[-1].kind):
+        return split(text)
+    return [*last[:head], *middle, *last[tail:]]

@@ -177,31 +177,48 @@ class Keepalived(Supervised):
         return ReloadOutcome(True, "reload complete", took)
 
 
+_TOKEN = re.compile(r"[{}]|[#!][^\n]*")
+"""A brace, or a comment (keepalived's ``#`` and ``!`` run to the end of the line)."""
+_FILLER = re.compile(r"(?:[ \t]*(?:[#!][^\n]*)?\n)*[ \t]*(?:[#!][^\n]*)?")
+"""Blank and comment lines only."""
+
+
 def blocks(text: str) -> list[validate.Block] | None:
     """keepalived.conf cut at its top-level ``{ ... }`` sections (comments and blank lines
     before a section belong to it); None for anything else at the top level (``include``,
-    a stray word) or unbalanced braces."""
+    a stray word, a brace on a line of its own) or unbalanced braces.
+
+    It walks the braces, not the lines: a 1,000-Service file has 30,000 lines but a
+    tenth as many braces (15 ms per cut line by line, on every change)."""
     found: list[validate.Block] = []
-    lines: list[str] = []
-    kind, depth = "", 0
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        lines.append(line)
+    depth, start, kind = 0, 0, ""
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token[0] in "#!":
+            continue
+        if token == "{":
+            if depth == 0:
+                line = text.rfind("\n", 0, match.start()) + 1
+                head = text[line : match.start()].split()
+                if not head or not _FILLER.fullmatch(text, start, line):
+                    return None
+                kind = head[0]
+            depth += 1
+            continue
+        depth -= 1
+        if depth < 0:
+            return None
         if depth == 0:
-            if not stripped or stripped[0] in "#!":
-                continue
-            kind = stripped.split()[0]
-        code = stripped.split("#", 1)[0].split("!", 1)[0]
-        depth += code.count("{") - code.count("}")
-        if depth < 0 or (depth == 0 and "{" not in code and "}" not in code):
-            return None  # a closing brace too many, or a statement outside any section
-        if depth == 0:
-            found.append(validate.Block(kind, "".join(lines)))
-            lines = []
-    if depth != 0:
+            end = text.find("\n", match.end())
+            end = len(text) if end < 0 else end + 1
+            if not _FILLER.fullmatch(text, match.end(), end):
+                return None  # a statement after the closing brace
+            found.append(validate.Block(kind, text[start:end]))
+            start = end
+    if depth != 0 or not _FILLER.fullmatch(text, start):
         return None
-    if lines:
-        found.append(validate.Block("", "".join(lines)))  # trailing comments
+    if start < len(text):
+        found.append(validate.Block("", text[start:]))  # trailing comments
     return found
 
 

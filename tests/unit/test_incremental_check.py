@@ -114,3 +114,24 @@ def test_the_splitter_keeps_every_character_and_refuses_what_it_does_not_know() 
     assert blocks(HEAD + "}\n") is None
     assert blocks(HEAD + "virtual_server 192.0.2.1 80 {\n") is None
     assert blocks("include x\n" + HEAD) is None
+
+
+def test_cutting_only_what_changed_gives_the_whole_cut() -> None:
+    """Incremental cuts the middle between the blocks kept from the last file; over edits
+    anywhere (the first block, the last, comments between blocks, a block made invalid)
+    the result is what cutting the whole file gives."""
+    a, b, c = (vs(f"192.0.2.{k}", f"203.0.113.{k}") for k in (1, 2, 3))
+    texts = [
+        HEAD + INSTANCE + a + b + c,
+        HEAD + INSTANCE + a + vs("192.0.2.2", "203.0.113.9") + c,
+        HEAD + INSTANCE + a + "\n# a comment before c\n" + c,
+        HEAD.replace("n1", "n2") + INSTANCE + a + c,
+        HEAD + INSTANCE + a + c + "\n# trailing\n",
+        HEAD + INSTANCE + a + "virtual_server 192.0.2.7 80 {\n" + c,
+        HEAD + INSTANCE + a + "include /etc/x\n" + c,
+        HEAD + INSTANCE,
+        HEAD + INSTANCE + c + b + a,
+    ]
+    inc = Incremental(Recorder(), blocks, frozenset({"virtual_server"}))
+    for text in texts * 2:
+        assert inc._cut(text) == blocks(text), text
