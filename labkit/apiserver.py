@@ -1,11 +1,11 @@
 """A real kube-apiserver (with its own etcd) for tests.
 
 ``scripts/build-kube-apiserver`` builds kube-apiserver 1.20.2 from Debian bookworm's
-``kubernetes`` source package into ``${VIP_AGENT_CACHE:-/var/cache/vip-agent}`` and installs
-Debian's ``etcd-server``. :class:`ApiServer` starts both on free 127.0.0.1 ports, with static
-bearer tokens, RBAC, a self-signed serving certificate, a short etcd compaction interval and
-no watch cache for the resources the agent watches, so a watch from an old resourceVersion
-really gets 410 Gone once etcd has compacted past it.
+``kubernetes`` source package into ``${VIP_AGENT_CACHE:-/var/cache/vip-agent}/kube-1.20.2-rN``
+(:func:`kube_dir`) and installs Debian's ``etcd-server``. :class:`ApiServer` starts both on
+free 127.0.0.1 ports, with static bearer tokens, RBAC, a self-signed serving certificate, a
+short etcd compaction interval and no watch cache for the resources the agent watches, so a
+watch from an old resourceVersion really gets 410 Gone once etcd has compacted past it.
 
 There is no controller-manager or scheduler: nothing creates EndpointSlices, default service
 accounts or garbage-collects, and a deleted namespace stays Terminating. Tests create the
@@ -38,6 +38,9 @@ import yaml
 from labkit.ports import free_ports
 
 APISERVER_VERSION = "1.20.2"
+# scripts/build-kube's REVISION: bumped when its recipe changes what it builds (2: reflect2
+# 1.0.2 vendored, so pretty-printed responses no longer crash the server).
+KUBE_BUILD_REVISION = 2
 DEFAULT_CACHE = Path("/var/cache/vip-agent")
 BUILD_SCRIPT = "scripts/build-kube-apiserver"
 
@@ -74,9 +77,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VIP_AGENT_CACHE") or DEFAULT_CACHE)
 
 
+def kube_dir() -> Path:
+    """Where scripts/build-kube caches the Kubernetes programs it builds."""
+    return cache_dir() / f"kube-{APISERVER_VERSION}-r{KUBE_BUILD_REVISION}"
+
+
 def find_binaries() -> tuple[Path, Path] | None:
     """(kube-apiserver, etcd) when both are installed and runnable, else None."""
-    apiserver = cache_dir() / f"kube-apiserver-{APISERVER_VERSION}" / "kube-apiserver"
+    apiserver = kube_dir() / "kube-apiserver"
     etcd = shutil.which("etcd")
     if etcd is None or not os.access(apiserver, os.X_OK):
         return None
@@ -119,7 +127,7 @@ def wait_until(
     raise TimeoutError(f"{what} not reached within {timeout:g}s")
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -127,7 +135,7 @@ def _log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: SIGKILL the child when the thread that started it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -139,7 +147,7 @@ def _check_csv_field(value: str) -> str:
     return value
 
 
-class _Process:
+class Process:
     """A child process with its log file, ended by pid."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path) -> None:
@@ -153,7 +161,7 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # tests start servers from the main thread
+                preexec_fn=die_with_parent,  # tests start servers from the main thread
                 close_fds=True,
             )
 
@@ -185,7 +193,7 @@ class _Process:
         state = "running" if status is None else f"exited with status {status}"
         return ApiServerError(
             f"{self.name} {message} ({state}); last lines of its log {self.log.name}:\n"
-            f"{_log_tail(self.log)}"
+            f"{log_tail(self.log)}"
         )
 
 
@@ -232,8 +240,8 @@ class ApiServer:
         self.etcd_port = 0
         self.etcd_peer_port = 0
         self.port = 0
-        self._etcd: _Process | None = None
-        self._apiserver: _Process | None = None
+        self._etcd: Process | None = None
+        self._apiserver: Process | None = None
         self.start_seconds: float | None = None  # last apiserver start until /readyz ok
 
     # --- public surface ---------------------------------------------------------------
@@ -346,13 +354,22 @@ class ApiServer:
         configuration.proxy = None  # never via an HTTP(S)_PROXY from the environment
         return client.ApiClient(configuration)
 
-    def get(self, path: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
-        """GET ``path`` over verified TLS; (status, body)."""
+    def get(
+        self,
+        path: str,
+        token: str | None = None,
+        timeout: float = 5.0,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """GET ``path`` over verified TLS, with ``headers`` besides the token; (status, body)."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=context)
         try:
             conn.request(
-                "GET", path, headers={"Authorization": f"Bearer {token or self.admin_token}"}
+                "GET",
+                path,
+                headers={"Authorization": f"Bearer {token or self.admin_token}", **(headers or {})},
             )
             response = conn.getresponse()
             return response.status, response.read().decode("utf-8", errors="replace")
@@ -411,7 +428,7 @@ class ApiServer:
             "--initial-cluster-state=new",
             "--log-level=warn",
         ]
-        self._etcd = proc = _Process("etcd", argv, self.etcd_log)
+        self._etcd = proc = Process("etcd", argv, self.etcd_log)
         try:
             wait_until(self._etcd_healthy, timeout=30, what="etcd /health")
         except TimeoutError:
@@ -464,7 +481,7 @@ class ApiServer:
 
     def _start_apiserver(self) -> None:
         started = time.monotonic()
-        self._apiserver = proc = _Process(
+        self._apiserver = proc = Process(
             "kube-apiserver", self._apiserver_argv(), self.apiserver_log
         )
         try:
