@@ -23,6 +23,7 @@ metadata:
   name: web
   labels: {{app: web}}
 spec:
+  terminationGracePeriodSeconds: 1  # busybox as pid 1 ignores SIGTERM
   containers:
   - name: httpd
     image: {BUSYBOX_IMAGE}
@@ -41,6 +42,7 @@ metadata:
   labels: {{app: web-host}}
 spec:
   hostNetwork: true
+  terminationGracePeriodSeconds: 1
   containers:
   - name: httpd
     image: {BUSYBOX_IMAGE}
@@ -69,6 +71,7 @@ metadata:
   namespace: default
   labels: {{app: static-sleeper}}
 spec:
+  terminationGracePeriodSeconds: 1  # busybox as pid 1 ignores SIGTERM
   containers:
   - name: sleep
     image: {BUSYBOX_IMAGE}
