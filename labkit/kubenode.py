@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -71,7 +72,18 @@ PROGRAMS = (
     "kube-proxy",
     "kubectl",
 )
-HOST_COMMANDS = ("etcd", "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter")
+HOST_COMMANDS = (
+    "etcd",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+    "ctr",
+    "iptables",
+    "nsenter",
+    "unshare",
+    "curl",
+    "openssl",
+)
 CNI_BIN = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 PAUSE_IMAGE = "k8s.gcr.io/pause:3.4.1"
@@ -102,8 +114,6 @@ class KubeNodeError(RuntimeError):
 
 def missing_parts() -> str | None:
     """Why a node cannot be brought up here (what is not built or installed), or None."""
-    import shutil
-
     missing = [p for p in PROGRAMS if not os.access(kube_dir() / p, os.X_OK)]
     missing += [c for c in HOST_COMMANDS if shutil.which(c) is None]
     missing += [f"{CNI_BIN}/{p}" for p in CNI_PLUGINS if not (CNI_BIN / p).exists()]
@@ -119,7 +129,7 @@ def missing_parts() -> str | None:
 
 def wait(check: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str) -> Any:
     """Poll ``check`` until it returns something truthy, which is returned; bounded in time
-    and in count. A :class:`KubeNodeError` raised by ``check`` ends the wait at once."""
+    and in count. An exception raised by ``check`` ends the wait at once."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
         result = check()
@@ -969,6 +979,4 @@ def _read_tunables() -> dict[str, str]:
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
