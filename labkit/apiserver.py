@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -67,6 +67,8 @@ DEFAULT_WATCH_CACHE_SIZES: Mapping[str, int] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+
+T = TypeVar("T")
 
 
 class ApiServerError(RuntimeError):
@@ -110,21 +112,49 @@ def watch_ends_in_gone(list_call: Callable[..., Any], *args: Any, **kwargs: Any)
 
 
 def wait_until(
-    check: Callable[[], bool],
+    check: Callable[[], T],
     *,
     timeout: float,
     interval: float = 0.2,
     what: str = "condition",
-) -> None:
-    """Poll ``check`` until true; bounded by ``timeout`` seconds and a matching count."""
+) -> T:
+    """Poll ``check`` until it returns something true, which is returned; bounded by
+    ``timeout`` seconds and a matching count. An exception from ``check`` ends the wait."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
-        if check():
-            return
+        result = check()
+        if result:
+            return result
         if time.monotonic() >= deadline:
             break
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:g}s")
+
+
+def write_kubeconfig(path: Path, *, server: str, ca_file: Path, token: str) -> Path:
+    """A kubeconfig at ``path`` (mode 0600): ``server`` trusted through ``ca_file``, a
+    bearer ``token`` as the user."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "vip-agent-test",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
+        ],
+        "users": [{"name": "test-user", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "vip-agent-test",
+                "context": {"cluster": "vip-agent-test", "user": "test-user"},
+            }
+        ],
+        "current-context": "vip-agent-test",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    path.chmod(0o600)
+    return path
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -145,6 +175,44 @@ def _check_csv_field(value: str) -> str:
     if not value or any(c in value for c in ',"\n\r'):
         raise ValueError(f'token file field {value!r} must be non-empty without , " or newline')
     return value
+
+
+def etcd_argv(etcd: str, *, data_dir: Path, client_url: str, peer_url: str) -> list[str]:
+    """A one-member etcd cluster, quiet but for warnings."""
+    return [
+        etcd,
+        "--name=test",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=test={peer_url}",
+        "--initial-cluster-state=new",
+        "--log-level=warn",
+    ]
+
+
+def write_token_file(path: Path, tokens: Mapping[str, tuple[str, Sequence[str]]]) -> None:
+    """kube-apiserver's --token-auth-file (mode 0600): token -> (user, groups)."""
+    lines = []
+    for token, (user, groups) in tokens.items():
+        fields = [_check_csv_field(token), _check_csv_field(user), user]
+        if groups:
+            fields.append('"' + ",".join(_check_csv_field(g) for g in groups) + '"')
+        lines.append(",".join(fields))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
+def write_service_account_key(path: Path) -> None:
+    """An RSA key that signs (and verifies) ServiceAccount tokens."""
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 class Process:
@@ -284,8 +352,8 @@ class ApiServer:
         self.tmp = Path(tempfile.mkdtemp(prefix="vip-agent-kube-"))
         try:
             self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
-            self._write_tokens()
-            self._write_service_account_key()
+            write_token_file(self._dir / "tokens.csv", self.tokens)
+            write_service_account_key(self._dir / "sa.key")
             self._start_etcd()
             self._start_apiserver()
         except BaseException:
@@ -318,27 +386,9 @@ class ApiServer:
 
     def kubeconfig(self, path: Path, token: str | None = None) -> Path:
         """Write a kubeconfig for ``token`` (default: admin) to ``path``."""
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "vip-agent-test",
-                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)},
-                }
-            ],
-            "users": [{"name": "test-user", "user": {"token": token or self.admin_token}}],
-            "contexts": [
-                {
-                    "name": "vip-agent-test",
-                    "context": {"cluster": "vip-agent-test", "user": "test-user"},
-                }
-            ],
-            "current-context": "vip-agent-test",
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        path.chmod(0o600)
-        return path
+        return write_kubeconfig(
+            path, server=self.url, ca_file=self.ca_file, token=token or self.admin_token
+        )
 
     def api_client(self, token: str | None = None) -> Any:
         """A ``kubernetes.client.ApiClient`` authenticated with ``token`` (default: admin)."""
@@ -395,39 +445,13 @@ class ApiServer:
             raise ApiServerError("not started")
         return self.tmp
 
-    def _write_tokens(self) -> None:
-        lines = []
-        for token, (user, groups) in self.tokens.items():
-            fields = [_check_csv_field(token), _check_csv_field(user), user]
-            if groups:
-                fields.append('"' + ",".join(_check_csv_field(g) for g in groups) + '"')
-            lines.append(",".join(fields))
-        path = self._dir / "tokens.csv"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        path.chmod(0o600)
-
-    def _write_service_account_key(self) -> None:
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(self._dir / "sa.key"), "2048"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
     def _start_etcd(self) -> None:
-        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        argv = [
+        argv = etcd_argv(
             str(self.etcd_bin),
-            "--name=test",
-            f"--data-dir={self._dir / 'etcd'}",
-            f"--listen-client-urls={self.etcd_url}",
-            f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=test={peer}",
-            "--initial-cluster-state=new",
-            "--log-level=warn",
-        ]
+            data_dir=self._dir / "etcd",
+            client_url=self.etcd_url,
+            peer_url=f"http://127.0.0.1:{self.etcd_peer_port}",
+        )
         self._etcd = proc = Process("etcd", argv, self.etcd_log)
         try:
             wait_until(self._etcd_healthy, timeout=30, what="etcd /health")

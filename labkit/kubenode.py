@@ -60,7 +60,15 @@ from typing import Any
 
 import yaml
 
-from labkit.apiserver import Process, kube_dir
+from labkit.apiserver import (
+    Process,
+    etcd_argv,
+    kube_dir,
+    wait_until,
+    write_kubeconfig,
+    write_service_account_key,
+    write_token_file,
+)
 from labkit.netlab import Lab, ip
 
 BUILD_SCRIPT = "scripts/build-kube-node"
@@ -125,20 +133,6 @@ def missing_parts() -> str | None:
     if missing:
         return f"{', '.join(missing)} missing; run {BUILD_SCRIPT} as root"
     return None
-
-
-def wait(check: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy, which is returned; bounded in time
-    and in count. An exception raised by ``check`` ends the wait at once."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 2):
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not within {timeout:g}s")
 
 
 @dataclass(frozen=True)
@@ -288,14 +282,14 @@ class KubeNode:
         """Wait until at least ``count`` pods match ``selector`` and all of them are Ready;
         their objects."""
 
-        def ready() -> list[dict[str, Any]] | None:
+        def ready() -> list[dict[str, Any]]:
             pods = self.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
             if len(pods) < count or not all(_is_ready(p) for p in pods):
-                return None
+                return []
             return list(pods)
 
         try:
-            result: list[dict[str, Any]] = wait(
+            result: list[dict[str, Any]] = wait_until(
                 ready, timeout=timeout, interval=0.5, what=f"pods {selector} Ready"
             )
         except TimeoutError as exc:
@@ -469,35 +463,18 @@ class KubeNode:
                     (path / knob).write_text((path.parent / knob).read_text())
 
     def _write_credentials(self) -> None:
-        lines = []
-        for token in self.tokens.values():
-            line = f"{token.value},{token.user},{token.user}"
-            if token.groups:
-                line += ',"' + ",".join(token.groups) + '"'
-            lines.append(line)
-        tokens = self.root / "pki" / "tokens.csv"
-        tokens.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tokens.chmod(0o600)
-        _run(["openssl", "genrsa", "-out", str(self.root / "pki" / "sa.key"), "2048"], timeout=60)
+        pki = self.root / "pki"
+        write_token_file(
+            pki / "tokens.csv", {t.value: (t.user, t.groups) for t in self.tokens.values()}
+        )
+        write_service_account_key(pki / "sa.key")
         for component, token in self.tokens.items():
-            self._write_kubeconfig(self.root / "kubeconfigs" / component, token.value)
-
-    def _write_kubeconfig(self, path: Path, token: str) -> None:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "node",
-                    "cluster": {"server": self.api_url, "certificate-authority": str(self.ca_file)},
-                }
-            ],
-            "users": [{"name": "user", "user": {"token": token}}],
-            "contexts": [{"name": "node", "context": {"cluster": "node", "user": "user"}}],
-            "current-context": "node",
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        path.chmod(0o600)
+            write_kubeconfig(
+                self.root / "kubeconfigs" / component,
+                server=self.api_url,
+                ca_file=self.ca_file,
+                token=token.value,
+            )
 
     def _spawn(self, daemon: str, argv: Sequence[str]) -> Process:
         proc = Process(daemon, self.node_argv(*argv), self.log(daemon))
@@ -513,7 +490,7 @@ class KubeNode:
             return check()
 
         try:
-            wait(up, timeout=timeout, what=f"{daemon} up")
+            wait_until(up, timeout=timeout, what=f"{daemon} up")
         except TimeoutError:
             raise KubeNodeError(str(proc.failure(f"not up within {timeout:g}s"))) from None
 
@@ -530,17 +507,12 @@ class KubeNode:
         etcd = "http://127.0.0.1:2379"
         self._spawn(
             "etcd",
-            [
+            etcd_argv(
                 "etcd",
-                "--name=node",
-                f"--data-dir={self.root / 'etcd'}",
-                f"--listen-client-urls={etcd}",
-                f"--advertise-client-urls={etcd}",
-                "--listen-peer-urls=http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-                "--initial-cluster=node=http://127.0.0.1:2380",
-                "--log-level=warn",
-            ],
+                data_dir=self.root / "etcd",
+                client_url=etcd,
+                peer_url="http://127.0.0.1:2380",
+            ),
         )
         self._wait_up(
             "etcd", lambda: self._get_ok(f"{etcd}/health", expect='"health":"true"'), timeout=30

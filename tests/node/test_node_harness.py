@@ -14,15 +14,20 @@ from typing import Any
 
 import pytest
 
-from labkit.kubenode import BUSYBOX_IMAGE, POD_SUBNET, KubeNode, wait
+from labkit.apiserver import wait_until
+from labkit.kubenode import BUSYBOX_IMAGE, POD_SUBNET, KubeNode
 
-WEB = f"""\
+
+def httpd_pod(name: str, port: int, *, host_network: bool = False) -> str:
+    """A pod serving its own name on ``port`` (busybox httpd), labelled app=NAME."""
+    return f"""\
 apiVersion: v1
 kind: Pod
 metadata:
-  name: web
-  labels: {{app: web}}
+  name: {name}
+  labels: {{app: {name}}}
 spec:
+  hostNetwork: {str(host_network).lower()}
   terminationGracePeriodSeconds: 1  # busybox as pid 1 ignores SIGTERM
   containers:
   - name: httpd
@@ -31,37 +36,24 @@ spec:
     command:
     - sh
     - -c
-    - mkdir -p /www && echo $POD_NAME >/www/index.html && exec httpd -f -p 8080 -h /www
+    - mkdir -p /www && echo $POD_NAME >/www/index.html && exec httpd -f -p {port} -h /www
     env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-    readinessProbe: {{httpGet: {{port: 8080, path: /}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: web-host
-  labels: {{app: web-host}}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: {BUSYBOX_IMAGE}
-    imagePullPolicy: Never
-    command:
-    - sh
-    - -c
-    - mkdir -p /www && echo $POD_NAME >/www/index.html && exec httpd -f -p 18080 -h /www
-    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-    readinessProbe: {{httpGet: {{port: 18080, path: /}}, periodSeconds: 1}}
----
+    readinessProbe: {{httpGet: {{port: {port}, path: /}}, periodSeconds: 1}}
+"""
+
+
+WEB_SERVICE = """\
 apiVersion: v1
 kind: Service
 metadata:
   name: web
 spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
 """
+WEB = "---\n".join(
+    [httpd_pod("web", 8080), httpd_pod("web-host", 18080, host_network=True), WEB_SERVICE]
+)
 
 STATIC = f"""\
 apiVersion: v1
@@ -126,7 +118,7 @@ def test_cluster_ip_service_routes_through_kube_proxy(
         return done.stdout.strip() == "web"
 
     started = time.monotonic()
-    wait(answers, timeout=30, interval=0.25, what=f"{cluster_ip}:80 answering")
+    wait_until(answers, timeout=30, interval=0.25, what=f"{cluster_ip}:80 answering")
     report.append(
         f"ClusterIP answered {time.monotonic() - started:.1f} s after the pods were Ready"
     )
@@ -194,4 +186,4 @@ def test_static_pod_from_the_manifest_dir_runs(kube_node: KubeNode, report: list
     def gone() -> bool:
         return not kube_node.kubectl_json("get", "pods", "-l", "app=static-sleeper")["items"]
 
-    wait(gone, timeout=60, interval=0.5, what="the mirror pod gone with its manifest")
+    wait_until(gone, timeout=60, interval=0.5, what="the mirror pod gone with its manifest")
