@@ -15,7 +15,7 @@ system-deps:
 
 # The real parts the heavier tests drive, built once and cached outside the checkout
 # (/var/cache/vip-agent): a qemu guest with Debian's kernel for IPVS, and Kubernetes 1.20
-# from Debian's sources (kube-apiserver and the node's programs in one build, about 13
+# from Debian's sources (kube-apiserver and the node's programs in one build, about 7
 # minutes the first time; build-kube-apiserver alone then has nothing left to do). Root
 # only; without them those tests skip locally (and fail in CI: VIP_AGENT_CI_STRICT=1).
 test-deps:
