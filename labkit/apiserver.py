@@ -1,11 +1,11 @@
 """A real kube-apiserver (with its own etcd) for tests.
 
 ``scripts/build-kube-apiserver`` builds kube-apiserver 1.20.2 from Debian bookworm's
-``kubernetes`` source package into ``${VIP_AGENT_CACHE:-/var/cache/vip-agent}`` and installs
-Debian's ``etcd-server``. :class:`ApiServer` starts both on free 127.0.0.1 ports, with static
-bearer tokens, RBAC, a self-signed serving certificate, a short etcd compaction interval and
-no watch cache for the resources the agent watches, so a watch from an old resourceVersion
-really gets 410 Gone once etcd has compacted past it.
+``kubernetes`` source package into ``${VIP_AGENT_CACHE:-/var/cache/vip-agent}/kube-1.20.2-rN``
+(:func:`kube_dir`) and installs Debian's ``etcd-server``. :class:`ApiServer` starts both on
+free 127.0.0.1 ports, with static bearer tokens, RBAC, a self-signed serving certificate, a
+short etcd compaction interval and no watch cache for the resources the agent watches, so a
+watch from an old resourceVersion really gets 410 Gone once etcd has compacted past it.
 
 There is no controller-manager or scheduler: nothing creates EndpointSlices, default service
 accounts or garbage-collects, and a deleted namespace stays Terminating. Tests create the
@@ -31,13 +31,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from labkit.ports import free_ports
 
 APISERVER_VERSION = "1.20.2"
+# scripts/build-kube's REVISION: bumped when its recipe changes what it builds (2: reflect2
+# 1.0.2 vendored, so pretty-printed responses no longer crash the server).
+KUBE_BUILD_REVISION = 2
 DEFAULT_CACHE = Path("/var/cache/vip-agent")
 BUILD_SCRIPT = "scripts/build-kube-apiserver"
 
@@ -65,6 +68,8 @@ DEFAULT_WATCH_CACHE_SIZES: Mapping[str, int] = {
 
 _PR_SET_PDEATHSIG = 1
 
+T = TypeVar("T")
+
 
 class ApiServerError(RuntimeError):
     """etcd or kube-apiserver did not start (the message carries the log tail)."""
@@ -74,9 +79,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VIP_AGENT_CACHE") or DEFAULT_CACHE)
 
 
+def kube_dir() -> Path:
+    """Where scripts/build-kube caches the Kubernetes programs it builds."""
+    return cache_dir() / f"kube-{APISERVER_VERSION}-r{KUBE_BUILD_REVISION}"
+
+
 def find_binaries() -> tuple[Path, Path] | None:
     """(kube-apiserver, etcd) when both are installed and runnable, else None."""
-    apiserver = cache_dir() / f"kube-apiserver-{APISERVER_VERSION}" / "kube-apiserver"
+    apiserver = kube_dir() / "kube-apiserver"
     etcd = shutil.which("etcd")
     if etcd is None or not os.access(apiserver, os.X_OK):
         return None
@@ -102,24 +112,52 @@ def watch_ends_in_gone(list_call: Callable[..., Any], *args: Any, **kwargs: Any)
 
 
 def wait_until(
-    check: Callable[[], bool],
+    check: Callable[[], T],
     *,
     timeout: float,
     interval: float = 0.2,
     what: str = "condition",
-) -> None:
-    """Poll ``check`` until true; bounded by ``timeout`` seconds and a matching count."""
+) -> T:
+    """Poll ``check`` until it returns something true, which is returned; bounded by
+    ``timeout`` seconds and a matching count. An exception from ``check`` ends the wait."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
-        if check():
-            return
+        result = check()
+        if result:
+            return result
         if time.monotonic() >= deadline:
             break
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:g}s")
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
+def write_kubeconfig(path: Path, *, server: str, ca_file: Path, token: str) -> Path:
+    """A kubeconfig at ``path`` (mode 0600): ``server`` trusted through ``ca_file``, a
+    bearer ``token`` as the user."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "vip-agent-test",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
+        ],
+        "users": [{"name": "test-user", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "vip-agent-test",
+                "context": {"cluster": "vip-agent-test", "user": "test-user"},
+            }
+        ],
+        "current-context": "vip-agent-test",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -127,7 +165,7 @@ def _log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: SIGKILL the child when the thread that started it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -139,7 +177,45 @@ def _check_csv_field(value: str) -> str:
     return value
 
 
-class _Process:
+def etcd_argv(etcd: str, *, data_dir: Path, client_url: str, peer_url: str) -> list[str]:
+    """A one-member etcd cluster, quiet but for warnings."""
+    return [
+        etcd,
+        "--name=test",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=test={peer_url}",
+        "--initial-cluster-state=new",
+        "--log-level=warn",
+    ]
+
+
+def write_token_file(path: Path, tokens: Mapping[str, tuple[str, Sequence[str]]]) -> None:
+    """kube-apiserver's --token-auth-file (mode 0600): token -> (user, groups)."""
+    lines = []
+    for token, (user, groups) in tokens.items():
+        fields = [_check_csv_field(token), _check_csv_field(user), user]
+        if groups:
+            fields.append('"' + ",".join(_check_csv_field(g) for g in groups) + '"')
+        lines.append(",".join(fields))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
+def write_service_account_key(path: Path) -> None:
+    """An RSA key that signs (and verifies) ServiceAccount tokens."""
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+class Process:
     """A child process with its log file, ended by pid."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path) -> None:
@@ -153,7 +229,7 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # tests start servers from the main thread
+                preexec_fn=die_with_parent,  # tests start servers from the main thread
                 close_fds=True,
             )
 
@@ -185,7 +261,7 @@ class _Process:
         state = "running" if status is None else f"exited with status {status}"
         return ApiServerError(
             f"{self.name} {message} ({state}); last lines of its log {self.log.name}:\n"
-            f"{_log_tail(self.log)}"
+            f"{log_tail(self.log)}"
         )
 
 
@@ -232,8 +308,8 @@ class ApiServer:
         self.etcd_port = 0
         self.etcd_peer_port = 0
         self.port = 0
-        self._etcd: _Process | None = None
-        self._apiserver: _Process | None = None
+        self._etcd: Process | None = None
+        self._apiserver: Process | None = None
         self.start_seconds: float | None = None  # last apiserver start until /readyz ok
 
     # --- public surface ---------------------------------------------------------------
@@ -276,8 +352,8 @@ class ApiServer:
         self.tmp = Path(tempfile.mkdtemp(prefix="vip-agent-kube-"))
         try:
             self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
-            self._write_tokens()
-            self._write_service_account_key()
+            write_token_file(self._dir / "tokens.csv", self.tokens)
+            write_service_account_key(self._dir / "sa.key")
             self._start_etcd()
             self._start_apiserver()
         except BaseException:
@@ -310,27 +386,9 @@ class ApiServer:
 
     def kubeconfig(self, path: Path, token: str | None = None) -> Path:
         """Write a kubeconfig for ``token`` (default: admin) to ``path``."""
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "vip-agent-test",
-                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)},
-                }
-            ],
-            "users": [{"name": "test-user", "user": {"token": token or self.admin_token}}],
-            "contexts": [
-                {
-                    "name": "vip-agent-test",
-                    "context": {"cluster": "vip-agent-test", "user": "test-user"},
-                }
-            ],
-            "current-context": "vip-agent-test",
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        path.chmod(0o600)
-        return path
+        return write_kubeconfig(
+            path, server=self.url, ca_file=self.ca_file, token=token or self.admin_token
+        )
 
     def api_client(self, token: str | None = None) -> Any:
         """A ``kubernetes.client.ApiClient`` authenticated with ``token`` (default: admin)."""
@@ -346,13 +404,22 @@ class ApiServer:
         configuration.proxy = None  # never via an HTTP(S)_PROXY from the environment
         return client.ApiClient(configuration)
 
-    def get(self, path: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
-        """GET ``path`` over verified TLS; (status, body)."""
+    def get(
+        self,
+        path: str,
+        token: str | None = None,
+        timeout: float = 5.0,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """GET ``path`` over verified TLS, with ``headers`` besides the token; (status, body)."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=context)
         try:
             conn.request(
-                "GET", path, headers={"Authorization": f"Bearer {token or self.admin_token}"}
+                "GET",
+                path,
+                headers={"Authorization": f"Bearer {token or self.admin_token}", **(headers or {})},
             )
             response = conn.getresponse()
             return response.status, response.read().decode("utf-8", errors="replace")
@@ -378,40 +445,14 @@ class ApiServer:
             raise ApiServerError("not started")
         return self.tmp
 
-    def _write_tokens(self) -> None:
-        lines = []
-        for token, (user, groups) in self.tokens.items():
-            fields = [_check_csv_field(token), _check_csv_field(user), user]
-            if groups:
-                fields.append('"' + ",".join(_check_csv_field(g) for g in groups) + '"')
-            lines.append(",".join(fields))
-        path = self._dir / "tokens.csv"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        path.chmod(0o600)
-
-    def _write_service_account_key(self) -> None:
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(self._dir / "sa.key"), "2048"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
     def _start_etcd(self) -> None:
-        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        argv = [
+        argv = etcd_argv(
             str(self.etcd_bin),
-            "--name=test",
-            f"--data-dir={self._dir / 'etcd'}",
-            f"--listen-client-urls={self.etcd_url}",
-            f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=test={peer}",
-            "--initial-cluster-state=new",
-            "--log-level=warn",
-        ]
-        self._etcd = proc = _Process("etcd", argv, self.etcd_log)
+            data_dir=self._dir / "etcd",
+            client_url=self.etcd_url,
+            peer_url=f"http://127.0.0.1:{self.etcd_peer_port}",
+        )
+        self._etcd = proc = Process("etcd", argv, self.etcd_log)
         try:
             wait_until(self._etcd_healthy, timeout=30, what="etcd /health")
         except TimeoutError:
@@ -464,7 +505,7 @@ class ApiServer:
 
     def _start_apiserver(self) -> None:
         started = time.monotonic()
-        self._apiserver = proc = _Process(
+        self._apiserver = proc = Process(
             "kube-apiserver", self._apiserver_argv(), self.apiserver_log
         )
         try:

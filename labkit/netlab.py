@@ -121,8 +121,10 @@ class Host:
 
 
 class Lab:
-    def __init__(self, hosts: Sequence[str], *, root: Path | None = None) -> None:
-        self.prefix = f"va{os.getpid() % 100000}{len(hosts)}"
+    def __init__(
+        self, hosts: Sequence[str], *, root: Path | None = None, prefix: str | None = None
+    ) -> None:
+        self.prefix = prefix or f"va{os.getpid() % 100000}{len(hosts)}"
         self.switch = f"{self.prefix}-sw"
         self.root = root or Path(tempfile.mkdtemp(prefix="vip-agent-lab-"))
         self.processes: list[subprocess.Popen[bytes]] = []

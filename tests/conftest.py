@@ -8,6 +8,7 @@ The suite is split into tiers by directory, each with a marker of the same name
     lab         real keepalived/haproxy/agents in network namespaces (root)
     guest       IPVS in a qemu guest with Debian's kernel (root, built guest)
     kube        a real kube-apiserver 1.20 (built from Debian's sources)
+    node        a real Kubernetes 1.20 node: control plane, containerd, kubelet, kube-proxy
     shipping    the artefacts users run: container, systemd unit, manifests
 
 ``make check`` runs lint, types and the unit tier (under a minute); ``make test`` runs
@@ -110,7 +111,7 @@ def pair(lab_ready: None) -> Iterator[Lab]:
         yield lab
 
 
-TIERS = ("unit", "functional", "lab", "guest", "kube", "shipping")
+TIERS = ("unit", "functional", "lab", "guest", "kube", "node", "shipping")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

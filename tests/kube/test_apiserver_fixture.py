@@ -116,3 +116,28 @@ def test_kill_and_restart_keeps_etcd_state(apiserver: ApiServer) -> None:
         v1 = client.CoreV1Api(api)
         assert v1.read_namespaced_config_map(name, NAMESPACE).data == {"a": "b"}
         v1.delete_namespaced_config_map(name, NAMESPACE, _preload_content=False)
+
+
+# Pretty-printed by ?pretty=true or by a curl User-Agent; single Namespaces (objects with
+# maps) are what broke.
+PRETTY_GETS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("/api/v1/namespaces?pretty=true", {}),
+    ("/api/v1/namespaces/default", {"User-Agent": "curl/7.88.1"}),
+    ("/api/v1/namespaces/kube-system?pretty=true", {}),
+    ("/api/v1/namespaces/default?pretty=true", {}),
+)
+
+
+def test_pretty_printed_responses_do_not_crash_the_server(apiserver: ApiServer) -> None:
+    """kube-apiserver 1.20 built with Go >= 1.18 and the vendored reflect2 1.0.1
+    dereferenced a nil pointer in reflect2 (UnsafeMapType.Key) on pretty-printed objects
+    with maps, and dropped the connection (scripts/build-kube vendors reflect2 1.0.2)."""
+    pid = apiserver.apiserver_pid
+    for _ in range(2):
+        for path, headers in PRETTY_GETS:
+            status, body = apiserver.get(path, headers=headers)
+            assert status == 200, (path, body)
+            assert body.startswith('{\n  "kind": "Namespace'), (path, body[:80])
+    assert apiserver.apiserver_pid == pid
+    assert apiserver.get("/readyz") == (200, "ok")
+    assert "reflect2" not in apiserver.apiserver_log.read_text(encoding="utf-8")
