@@ -70,9 +70,13 @@ class Incremental:
     ``virtual_server``, haproxy's ``listen``) need nothing but the file's other blocks to
     be checked, and each block that passed once passes again beside the same other
     blocks.  So when a file differs from the last one that passed only in such blocks,
-    the checker gets a small file: every other block, unchanged, plus the new or changed
-    ones.  Anything else (the first check, a changed VRRP instance or global section, a
-    template or settings change that touches them, a file the splitter cannot cut) and
+    the checker gets a small file: the other blocks, unchanged, plus the new or changed
+    ones.  Blocks of the kinds in ``unneeded`` (keepalived's VRRP instances: a virtual
+    server refers to none) are left out of it, though a change to one still makes the
+    check whole.  A small file the checker refuses is checked again whole, and the whole
+    file's verdict stands: leaving a section out can only cost time, never a wrong
+    refusal.  Anything else (the first check, a changed VRRP instance or global section,
+    a template or settings change that touches them, a file the splitter cannot cut) and
     every ``full_every`` seconds, it checks the whole file.
     """
 
@@ -82,10 +86,11 @@ class Incremental:
         split: Splitter,
         alone: frozenset[str],
         *,
+        unneeded: frozenset[str] = frozenset(),
         full_every: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.check, self.split, self.alone = check, split, alone
+        self.check, self.split, self.alone, self.unneeded = check, split, alone, unneeded
         self.full_every, self.clock = full_every, clock
         self.passed: list[Block] | None = None
         """The blocks of the last file that passed."""
@@ -102,23 +107,25 @@ class Incremental:
         small = None
         if blocks is not None and self.clock() - self.last_full < self.full_every:
             small = self._small(blocks)
-        if small is None:
+        result = None if small is None else self._check_small(path, small)
+        if result is None or not result.ok:
             self.full_checks += 1
             result = self.check(path)
             if result.ok:
                 self.last_full = self.clock()
-        else:
-            self.partial_checks += 1
-            part = path.with_name(f".{path.name}.part")
-            part.write_text(small, encoding="utf-8")
-            part.chmod(path.stat().st_mode & 0o777)
-            try:
-                result = self.check(part)
-            finally:
-                part.unlink(missing_ok=True)
         if result.ok:
             self.passed = blocks
         return result
+
+    def _check_small(self, path: Path, small: str) -> CheckResult:
+        self.partial_checks += 1
+        part = path.with_name(f".{path.name}.part")
+        part.write_text(small, encoding="utf-8")
+        part.chmod(path.stat().st_mode & 0o777)
+        try:
+            return self.check(part)
+        finally:
+            part.unlink(missing_ok=True)
 
     def _cut(self, text: str) -> list[Block] | None:
         """``split(text)``, cutting only what differs from the last file cut.
@@ -144,7 +151,8 @@ class Incremental:
             return None
         seen = {b.text for b in self.passed if b.kind in self.alone}
         new = [b.text for b in blocks if b.kind in self.alone and b.text not in seen]
-        return "".join(fixed) + "".join(new)
+        context = [b.text for b in blocks if b.kind not in self.alone | self.unneeded]
+        return "".join(context) + "".join(new)
 
 
 def _cut_between(text: str, last: list[Block], split: Splitter) -> list[Block] | None:

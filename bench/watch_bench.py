@@ -187,8 +187,8 @@ def child(args: argparse.Namespace) -> None:
         ka, ha = spec["keepalived.conf"], spec["haproxy.cfg"]
         assert ka.split is not None and ha.split is not None
         return (
-            Incremental(keepalived, ka.split, ka.alone),
-            Incremental(check_haproxy, ha.split, ha.alone),
+            Incremental(keepalived, ka.split, ka.alone, unneeded=ka.unneeded),
+            Incremental(check_haproxy, ha.split, ha.alone, unneeded=ha.unneeded),
         )
 
     daemons: dict[str, Daemon] = {}

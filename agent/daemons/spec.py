@@ -61,6 +61,8 @@ class ConfigFile:
     alone: frozenset[str] = frozenset()
     """Kinds of section the checker may see without their siblings (see
     agent.validate.Incremental)."""
+    unneeded: frozenset[str] = frozenset()
+    """Kinds of section an ``alone`` one never refers to, left out of the small file."""
 
     def validator(self, settings: Settings) -> Validator:
         """The check apply runs on this file, bound to these settings: of what changed,
@@ -71,7 +73,7 @@ class ConfigFile:
 
         if self.split is None or not self.alone:
             return check
-        return Incremental(check, self.split, self.alone)
+        return Incremental(check, self.split, self.alone, unneeded=self.unneeded)
 
 
 def outputs(files: Iterable[ConfigFile]) -> Mapping[str, str]:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.daemons import CONFIG_FILES
 from agent.daemons.haproxy import check_haproxy, sections
 from agent.daemons.keepalived import blocks, check_keepalived
 from agent.validate import Block, Incremental, Splitter, Validator
@@ -68,7 +69,8 @@ def same_verdicts(
     whole: Validator,
     edits: list[tuple[str, int]],
 ) -> None:
-    inc = Incremental(whole, split, frozenset({alone}))
+    spec = next(f for f in CONFIG_FILES if f.split is split)
+    inc = Incremental(whole, split, spec.alone, unneeded=spec.unneeded)
     path = tmp_path / "file.conf"
     parts = split(text)
     assert parts is not None

@@ -135,3 +135,25 @@ def test_cutting_only_what_changed_gives_the_whole_cut() -> None:
     inc = Incremental(Recorder(), blocks, frozenset({"virtual_server"}))
     for text in texts * 2:
         assert inc._cut(text) == blocks(text), text
+
+
+def test_unneeded_sections_stay_out_and_a_refused_small_file_is_checked_whole(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder()
+    inc = Incremental(
+        recorder, blocks, frozenset({"virtual_server"}), unneeded=frozenset({"vrrp_instance"})
+    )
+    path = tmp_path / "keepalived.conf"
+    a, b = vs("192.0.2.1", "203.0.113.1"), vs("192.0.2.2", "203.0.113.2")
+    assert checked(inc, path, HEAD + INSTANCE + a)
+    assert checked(inc, path, HEAD + INSTANCE + a + b)
+    assert recorder.seen[-1] == HEAD + b  # no instance in the small file
+    # an instance change still makes the check whole
+    moved = INSTANCE.replace("51", "52")
+    assert checked(inc, path, HEAD + moved + a + b)
+    assert recorder.seen[-1] == HEAD + moved + a + b
+    # the small file refused: the whole file is checked and its verdict stands
+    bad = vs("192.0.2.3", "203.0.113.3").replace("real_server", "bogus real_server")
+    assert not checked(inc, path, HEAD + moved + a + b + bad)
+    assert recorder.seen[-2] == HEAD + bad and recorder.seen[-1] == HEAD + moved + a + b + bad
