@@ -93,7 +93,6 @@ from agent.core.translate.requests import (
     LOAD_BALANCER_CLASS,
     ServiceAsks,
     VipRequest,
-    configmap_requests,
     parse_configmap_key,
     service_requests,
 )
@@ -144,7 +143,7 @@ def translate(
     cp_vip = _control_plane_vip(settings, forbidden=forbidden, rej=rej)
     pools = read_pools(snapshot, settings, rej=rej)
     asks = service_requests(snapshot, rej)
-    cm_requests = configmap_requests(snapshot, settings, rej=rej)
+    cm_requests = memo.configmap_requests(snapshot, settings, rej=rej)
     ownership = Ownership(control_plane_vip=cp_vip, forbidden=forbidden, pools=pools)
     admitted = [r for r in (*cm_requests, *asks.requests) if ownership.admit(r, rej)]
     forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
