@@ -878,7 +878,7 @@ class Soak:
 
         at = fault.injected - self.results.started
         line = (
-            f"[{at:7.1f}s] {fault.kind} on {fault.target} {fault.detail}: "
+            f"[{at:7.1f}s {_utc(fault.injected)}] {fault.kind} on {fault.target} {fault.detail}: "
             f"recovered {seconds(fault.recover_s)}, settled {seconds(fault.settled_s)}"
         )
         if fault.gave_up is not None:
@@ -961,7 +961,16 @@ class Soak:
                 )
 
     def check_memory(self) -> None:
-        """Invariant 5: RSS growth of every agent process that lived long enough."""
+        """Invariant 5: RSS growth of every agent process that lived long enough.  Every
+        sample goes to ``agent-rss.json`` in the lab directory, for the trend."""
+        series = {
+            f"{rig.name} {pid}": [
+                (round(t - started, 1), round(rss, 2)) for t, rss in self.rss.get(pid, [])
+            ]
+            for rig in self.rigs.values()
+            for pid, started in rig.agent_started.items()
+        }
+        (self.lab.root / "agent-rss.json").write_text(json.dumps(series), encoding="utf-8")
         for rig in self.rigs.values():
             for pid, started in rig.agent_started.items():
                 samples = self.rss.get(pid, [])
@@ -1045,6 +1054,11 @@ def _priority_of(conf: str, vip: str) -> int:
     raise LookupError(f"{vip} in no instance")
 
 
+def _utc(wall: float) -> str:
+    """HH:MM:SS.ss in UTC, as the agents' logs stamp their lines."""
+    return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 100):02d}"
+
+
 def _stretches(
     history: list[tuple[float, frozenset[str]]],
     start: float,
@@ -1095,7 +1109,10 @@ def run(duration_s: float, seed: int, *, say: Callable[[str], None] | None = Non
         prefix = lab.prefix
         try:
             soak.start(run_for=duration_s)
-            tell(f"settled; faults for {duration_s:.0f}s (seed {seed})")
+            tell(
+                f"settled at {_utc(soak.results.started)} UTC (the agents' log time); "
+                f"faults for {duration_s:.0f}s (seed {seed}); lab in {lab.root}"
+            )
             soak.loop(duration_s)
             soak.finish()
         finally:
