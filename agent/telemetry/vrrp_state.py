@@ -55,11 +55,17 @@ STATES = ("MASTER", "BACKUP", "FAULT")
 """The states an instance can be in (what the one-hot metric is over)."""
 GONE = ("STOP", "DELETED")
 """Lines that end an instance's state (keepalived stopped, or the instance was removed)."""
+EVENTS = ("MASTER_RX_LOWER_PRI",)
+"""Lines that report an event, not a state: keepalived 2.x writes this one whenever a
+master hears a lower-priority advert (after a partition heals; the template's
+``garp_lower_prio_repeat`` answers it), configured script or not.  The instance stays
+MASTER, so the line changes nothing and is no stray writer's either."""
 PROBLEMS = ("master_without_vip", "vip_without_master")
 
 _LINE = re.compile(
     r'^INSTANCE "(?P<name>[A-Za-z0-9_.-]{1,64})" (?P<state>[A-Z]{1,10}) (?P<priority>\d{1,3})$'
 )
+_EVENT = re.compile(rf'^INSTANCE "[A-Za-z0-9_.-]{{1,64}}" (?:{"|".join(EVENTS)}) \d{{1,3}}$')
 _MAX_LINE = 512
 _MAX_INSTANCES = 4096
 """More instances than keepalived could run on one interface (255 VRIDs x 2 families)."""
@@ -295,7 +301,8 @@ class VrrpMonitor:
         """Handle one FIFO line (also the test entry point)."""
         parsed = parse_line(line[:_MAX_LINE])
         if parsed is None:
-            if line.strip() and not line.startswith("GROUP "):
+            known = line.startswith("GROUP ") or _EVENT.match(line.strip()) is not None
+            if line.strip() and not known:
                 self._bad_lines += 1
                 if self._bad_lines <= 10:
                     log.warning("VRRP notify FIFO: ignoring line %r", line[:80])

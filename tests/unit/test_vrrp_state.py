@@ -8,6 +8,7 @@ tests/lab/test_operability_lab.py.  The interface addresses and the clock are in
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -123,6 +124,25 @@ def test_fifo_lines_become_one_hot_state(
     write(fifo, 'INSTANCE "control_plane" STOP 231\n')
     wait_for(lambda: state_of(registry, "MASTER") is None, timeout=5, what="STOP")
     assert monitor.states.snapshot() == {}
+
+
+def test_a_master_hearing_a_lower_priority_is_no_stray_line(
+    monitored: tuple[VrrpMonitor, CollectorRegistry, Fake], caplog: pytest.LogCaptureFixture
+) -> None:
+    """keepalived 2.x writes MASTER_RX_LOWER_PRI whenever a master hears a lower-priority
+    advert (every partition heal, seen in the soak lab): it changes no state and is not
+    logged as a stray line, which also used up the ten warnings kept for real strays."""
+    monitor, registry, _ = monitored
+    monitor.feed('INSTANCE "control_plane" MASTER 231')
+    with caplog.at_level(logging.WARNING, logger="vip-agent.vrrp"):
+        for _ in range(20):
+            monitor.feed('INSTANCE "control_plane" MASTER_RX_LOWER_PRI 231')
+        monitor.feed("not a keepalived line")
+    assert state_of(registry, "MASTER") == 1
+    assert monitor.states.snapshot()["control_plane"].state == "MASTER"
+    assert [r.getMessage() for r in caplog.records] == [
+        "VRRP notify FIFO: ignoring line 'not a keepalived line'"
+    ]
 
 
 def test_reader_survives_writers_coming_and_going(
