@@ -64,10 +64,11 @@ LB_PORT = 80
 ROLLING_GAP_LIMIT = 30.0
 """Seconds a client on the segment may go unanswered while the one node's DaemonSet pod is
 replaced. Not the 2 s hoped for: kubelet 1.20 deletes a terminated pod's object only at
-its status manager's next 10 s batch sync once the containers are removed, so the next
-pod is created 10-15 s after the old agent exited (it exits within a second of SIGTERM,
-releasing its VIPs at once). On more than one node a peer takes the VIPs over at the old
-agent's priority-0 advert instead; one node has nobody to hand over to."""
+its status manager's next 10 s batch sync once the containers are removed (kubernetes
+issue 42776), so the next pod is created 2-14 s after the old agent exited (it exits
+within a second of SIGTERM, releasing its VIPs at once; the grace period plays no part).
+On more than one node a peer takes the VIPs over at the old agent's priority-0 advert
+instead; one node has nobody to hand over to."""
 TAKEOVER_LIMIT = 8.0
 """Seconds from the next pod's container running to every VIP back on the interface: the
 agent's start (~1.5 s here) and keepalived's Master_Down_Interval (3 x advert_int + skew,
@@ -560,6 +561,11 @@ def test_rolling_update_keeps_the_outage_short(
     finally:
         for poller in pollers.values():
             poller.kill()
+    # The LoadBalancer VIP keeps answering a client whose ARP entry for it is still fresh:
+    # kube-proxy's DNAT in PREROUTING matches the destination whether or not the address
+    # is on the interface at that moment. A client that must resolve it first waits
+    # until "VIPs held again". The PROXY VIP needs the agent's haproxy: its outage is
+    # the whole hand-over.
     gaps = {name: longest_outage(s) for name, s in samples.items()}
     for name, s in samples.items():
         assert len(s) > 100, f"{name}: only {len(s)} attempts"
