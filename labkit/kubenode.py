@@ -279,6 +279,11 @@ class KubeNode:
         """Import a docker-archive (or OCI) tar into containerd, where kubelet finds it."""
         self.run_in_node(*self._ctr("images", "import", str(archive)), timeout=timeout)
 
+    def tag_image(self, source: str, target: str) -> None:
+        """Give an imported image a second name (``ctr images tag``), as a registry would
+        hold one image under two tags."""
+        self.run_in_node(*self._ctr("images", "tag", "--force", source, target), timeout=30)
+
     def images(self) -> set[str]:
         """Image names containerd holds for kubelet."""
         done = self.run_in_node(*self._ctr("images", "list", "-q"), timeout=30)

@@ -428,10 +428,7 @@ def image(kube_node: KubeNode) -> str:
     archive = Path(built.stdout.strip())
     kube_node.import_image(archive)
     for name in (IMAGE, ROLLED_IMAGE):
-        kube_node.run_in_node(
-            "ctr", "-a", str(kube_node.containerd_socket), "-n", "k8s.io",
-            "images", "tag", "--force", f"localhost/vip-agent:{version()}", name,
-        )  # fmt: skip
+        kube_node.tag_image(f"localhost/vip-agent:{version()}", name)
     assert {IMAGE, ROLLED_IMAGE} <= kube_node.images()
     return IMAGE
 
@@ -440,7 +437,6 @@ def image(kube_node: KubeNode) -> str:
 def agent(kube_node: KubeNode, image: str) -> Iterator[dict[str, float]]:
     """The workloads, then rbac + vip-configmap + daemonset applied; yields measurements
     once the DaemonSet's pod is Ready and holds every VIP. Deletes all of it after."""
-    started = time.monotonic()
     vip, target = proxy_entry(kube_node)
     assert vip == PROXY_VIP, "the vip-configmap's PROXY entry moved"
     namespace, service = target.split("/")
@@ -457,11 +453,14 @@ def agent(kube_node: KubeNode, image: str) -> Iterator[dict[str, float]]:
     ready = time.monotonic() - applied
     held = wait_held(kube_node, configmap_vips(kube_node) | {LB_VIP}, timeout=30)
     try:
-        yield {"ready": ready, "held": held, "tier_start": started}
+        yield {"ready": ready, "held": held}
     finally:
-        kube_node.kubectl("delete", "-f", "-", "--wait=false", input=workloads, check=False)
-        daemonset = manifest("daemonset.yaml", kube_node)
-        kube_node.kubectl("delete", "-f", "-", "--timeout=60s", input=daemonset, check=False)
+        # What the last test has not removed; the node serves the rest of the session.
+        everything = "---\n".join([manifest("daemonset.yaml", kube_node), *shipped, workloads])
+        kube_node.kubectl(
+            "delete", "-f", "-", "--ignore-not-found", "--wait=false",
+            input=everything, check=False, timeout=90,
+        )  # fmt: skip
 
 
 # --- the tests -------------------------------------------------------------------------
@@ -625,3 +624,18 @@ def test_static_pod_brings_up_the_control_plane_vip(
         interval=0.5,
         what="the static pod's mirror gone",
     )
+
+
+def test_deleting_the_daemonset_releases_every_vip(
+    kube_node: KubeNode, agent: dict[str, float], report: list[str]
+) -> None:
+    """Uninstalling leaves no address behind on the node (last: it removes the agent)."""
+    vips = configmap_vips(kube_node) | {LB_VIP}
+    assert vips <= addresses_on_eth0(kube_node)
+    kube_node.kubectl(
+        "delete", "-f", "-", "--wait=false", input=manifest("daemonset.yaml", kube_node)
+    )
+    released = wait_released(kube_node, vips, timeout=35)
+    wait_until(lambda: not daemonset_pods(kube_node), timeout=60, interval=0.5, what="no agent pod")
+    assert not vips & addresses_on_eth0(kube_node)
+    report.append(f"DaemonSet deleted: every VIP off the interface {released:.1f} s later")
