@@ -437,6 +437,7 @@ def image(kube_node: KubeNode) -> str:
 def agent(kube_node: KubeNode, image: str) -> Iterator[dict[str, float]]:
     """The workloads, then rbac + vip-configmap + daemonset applied; yields measurements
     once the DaemonSet's pod is Ready and holds every VIP. Deletes all of it after."""
+    started = time.monotonic()
     vip, target = proxy_entry(kube_node)
     assert vip == PROXY_VIP, "the vip-configmap's PROXY entry moved"
     namespace, service = target.split("/")
@@ -453,7 +454,7 @@ def agent(kube_node: KubeNode, image: str) -> Iterator[dict[str, float]]:
     ready = time.monotonic() - applied
     held = wait_held(kube_node, configmap_vips(kube_node) | {LB_VIP}, timeout=30)
     try:
-        yield {"ready": ready, "held": held}
+        yield {"ready": ready, "held": held, "started": started}
     finally:
         # What the last test has not removed; the node serves the rest of the session.
         everything = "---\n".join([manifest("daemonset.yaml", kube_node), *shipped, workloads])
@@ -638,4 +639,7 @@ def test_deleting_the_daemonset_releases_every_vip(
     released = wait_released(kube_node, vips, timeout=35)
     wait_until(lambda: not daemonset_pods(kube_node), timeout=60, interval=0.5, what="no agent pod")
     assert not vips & addresses_on_eth0(kube_node)
-    report.append(f"DaemonSet deleted: every VIP off the interface {released:.1f} s later")
+    report.append(
+        f"DaemonSet deleted: every VIP off the interface {released:.1f} s later; this file's "
+        f"tests took {time.monotonic() - agent['started']:.0f} s on the running node"
+    )
