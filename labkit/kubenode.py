@@ -29,8 +29,11 @@ host-wide conntrack table size alone (``conntrack.maxPerCore: 0``).
 Binaries come from ``scripts/build-kube-node`` (cached in :func:`labkit.apiserver.kube_dir`),
 the pause and busybox images too. Authentication is by static bearer tokens, one per
 component, named as the users the bootstrap RBAC policy binds (system:node:NAME,
-system:kube-proxy, ...); the API server's self-signed certificate (valid for the node's
-address and the ``kubernetes`` Service's ClusterIP) is the CA everyone trusts, and the
+system:kube-proxy, ...). The API server's certificate is made here (openssl: a CA and the
+serving certificate it signs, as kubeadm makes them) for the node's address, the
+``kubernetes`` Service's ClusterIP, loopback and :data:`CONTROL_PLANE_VIP`, kubeadm's
+``--control-plane-endpoint``, so clients may reach it through a VIP too (kube-apiserver's
+own self-signed one covers no extra address); that CA is what everyone trusts, and the
 controller-manager hands it to pods with their ServiceAccount tokens, so in-cluster
 configuration works as on a real cluster.
 
@@ -101,6 +104,10 @@ SERVICE_CIDR = "10.96.0.0/24"
 POD_SUBNET = "203.0.113.128/25"
 POD_GATEWAY = "203.0.113.129"
 API_PORT = 6443
+SERVICE_IP = "10.96.0.1"  # the ``kubernetes`` Service's ClusterIP, the range's first
+CONTROL_PLANE_VIP = "198.51.100.10"
+"""The address a control-plane VIP may take on the node's segment; the API server's
+certificate covers it (kubeadm puts --control-plane-endpoint in the certificate too)."""
 CONTAINERD_NAMESPACE = "k8s.io"
 
 # kubelet's setupKernelTunables (pkg/kubelet/cm/container_manager_linux.go) writes these
@@ -210,7 +217,8 @@ class KubeNode:
 
     @property
     def ca_file(self) -> Path:
-        """The API server's self-signed certificate and its CA, as kube-apiserver wrote them."""
+        """The API server's certificate followed by its CA (the layout kube-apiserver's own
+        self-signed pair has), which clients trust."""
         return self.root / "pki" / "apiserver.crt"
 
     @property
@@ -270,6 +278,11 @@ class KubeNode:
     def import_image(self, archive: Path, *, timeout: float = 300.0) -> None:
         """Import a docker-archive (or OCI) tar into containerd, where kubelet finds it."""
         self.run_in_node(*self._ctr("images", "import", str(archive)), timeout=timeout)
+
+    def tag_image(self, source: str, target: str) -> None:
+        """Give an imported image a second name (``ctr images tag``), as a registry would
+        hold one image under two tags."""
+        self.run_in_node(*self._ctr("images", "tag", "--force", source, target), timeout=30)
 
     def images(self) -> set[str]:
         """Image names containerd holds for kubelet."""
@@ -462,8 +475,38 @@ class KubeNode:
                 if (path / knob).exists():
                     (path / knob).write_text((path.parent / knob).read_text())
 
+    def _write_serving_cert(self, pki: Path) -> None:
+        """A CA and the API server's certificate it signs (``apiserver.crt`` holds both,
+        the CA last), valid for every address clients use, the control-plane VIP included."""
+        names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        names += ["kubernetes.default.svc.cluster.local", "localhost"]
+        addresses = [self.address, SERVICE_IP, "127.0.0.1", CONTROL_PLANE_VIP]
+        sans = ",".join([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses])
+        extensions = pki / "apiserver.ext"
+        extensions.write_text(
+            f"subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            encoding="utf-8",
+        )
+        for argv in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+             "-keyout", "ca.key", "-out", "ca.crt", "-subj", f"/CN={self.prefix}-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key",
+             "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver"],
+            ["x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-set_serial", "2", "-days", "7", "-extfile", str(extensions),
+             "-out", "apiserver-leaf.crt"],
+        ):  # fmt: skip
+            _run(["openssl", *argv], cwd=pki)
+        (pki / "apiserver.crt").write_bytes(
+            (pki / "apiserver-leaf.crt").read_bytes() + (pki / "ca.crt").read_bytes()
+        )
+
     def _write_credentials(self) -> None:
         pki = self.root / "pki"
+        self._write_serving_cert(pki)
         write_token_file(
             pki / "tokens.csv", {t.value: (t.user, t.groups) for t in self.tokens.values()}
         )
@@ -527,8 +570,8 @@ class KubeNode:
                 f"--advertise-address={self.address}",
                 f"--secure-port={API_PORT}",
                 "--insecure-port=0",
-                # Self-signed for the advertise address and the first Service IP.
-                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
@@ -902,10 +945,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 def _run(
-    argv: Sequence[str], *, check: bool = True, timeout: float = 60.0, input: str | None = None
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = 60.0,
+    input: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         list(argv),
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -241,6 +241,34 @@ def test_static_pod_environment_renders_the_control_plane_vip(tmp_path: Path) ->
     assert "unicast_src_ip 198.51.100.11" in done.stdout
 
 
+def host_ports(name: str) -> set[int]:
+    """The ports the agent of a (hostNetwork) manifest listens on: its metrics address
+    and its probes."""
+    docs = manifest(name)
+    pod = next(d for d in docs if d["kind"] in ("DaemonSet", "Pod"))
+    spec = pod["spec"]["template"]["spec"] if pod["kind"] == "DaemonSet" else pod["spec"]
+    assert spec["hostNetwork"] is True
+    [container] = spec["containers"]
+    ports = {container[p]["httpGet"]["port"] for p in ("livenessProbe", "readinessProbe")}
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    config = next((d for d in docs if d["kind"] == "ConfigMap"), None)
+    if "VIP_AGENT_METRICS_ADDRESS" in env:
+        address = str(env["VIP_AGENT_METRICS_ADDRESS"])
+    else:
+        assert config is not None
+        address = yaml.safe_load(config["data"]["config.yaml"])["metrics_address"]
+    ports.add(int(address.rpartition(":")[2]))
+    return ports
+
+
+def test_static_pod_and_daemonset_can_share_a_control_plane_node() -> None:
+    """Both are hostNetwork and the DaemonSet tolerates control-plane nodes, where the
+    static pod runs: on one port the second agent exited "Address already in use" (found
+    by tests/node/test_shipped_manifests.py under a real kubelet)."""
+    assert len(host_ports("static-pod.yaml")) == 1
+    assert not host_ports("static-pod.yaml") & host_ports("daemonset.yaml")
+
+
 # --- the granted capabilities, in the lab ------------------------------------------------
 
 
