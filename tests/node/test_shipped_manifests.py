@@ -630,6 +630,8 @@ def test_static_pod_brings_up_the_control_plane_vip(
         listening = time.monotonic() - written
         assert refused.returncode not in (0, 28), (refused.returncode, refused.stderr)
         assert not kube_node.alive("kube-apiserver")
+        # The DaemonSet's pod beside it keeps every VIP through the API outage.
+        assert configmap_vips(kube_node) | {LB_VIP} <= addresses_on_eth0(kube_node)
         why = (refused.stderr.strip().splitlines() or ["no message"])[-1]
 
         restarted = time.monotonic()
@@ -644,10 +646,9 @@ def test_static_pod_brings_up_the_control_plane_vip(
         via_vip = time.monotonic() - restarted
         assert got == f"node/{kube_node.name}"
         reconnected = kube_node.wait_reconnected(since, timeout=90)
-        # The DaemonSet's pod on the same node kept its VIPs through the outage (not Ready
-        # while its cluster source fails, by design) and is Ready again once its watches
-        # reconnect.
-        assert configmap_vips(kube_node) <= addresses_on_eth0(kube_node)
+        # The DaemonSet's pod on the same node, not Ready while its cluster source failed
+        # (by design), is Ready again once its watches reconnect, its VIPs still held.
+        assert configmap_vips(kube_node) | {LB_VIP} <= addresses_on_eth0(kube_node)
         kube_node.wait_pod_ready(DAEMONSET_PODS, namespace=NAMESPACE, timeout=90)
         daemonset_ready = time.monotonic() - restarted
         # kubelet creates the static pod's mirror at the pod's next sync once the API
