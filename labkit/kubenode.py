@@ -57,6 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -104,6 +105,7 @@ SERVICE_CIDR = "10.96.0.0/24"
 POD_SUBNET = "203.0.113.128/25"
 POD_GATEWAY = "203.0.113.129"
 API_PORT = 6443
+ETCD_URL = "http://127.0.0.1:2379"
 SERVICE_IP = "10.96.0.1"  # the ``kubernetes`` Service's ClusterIP, the range's first
 CONTROL_PLANE_VIP = "198.51.100.10"
 """The address a control-plane VIP may take on the node's segment; the API server's
@@ -342,6 +344,65 @@ class KubeNode:
         proc = self.processes.get(daemon)
         return proc is not None and proc.alive()
 
+    # --- the apiserver alone --------------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone, by pid, as on a control-plane node whose apiserver
+        is not up yet; etcd, the controllers, containerd, kubelet and kube-proxy keep
+        running (kubelet still runs static pods). SIGKILL after 5 s: it closes its port at
+        once on SIGTERM but its process lingers (15 s and more here) over the watches it
+        drains. Returns once nothing answers on the API port (bounded)."""
+        proc = self.processes.pop("kube-apiserver", None)
+        if proc is None or not proc.alive():
+            raise KubeNodeError("kube-apiserver is not running")
+        proc.terminate(grace=5)
+        wait_until(
+            lambda: not self._get_ok(f"{self.api_url}/readyz", token=True),
+            timeout=15,
+            what="kube-apiserver gone",
+        )
+
+    def start_apiserver(self, *, timeout: float = 90.0) -> float:
+        """Start kube-apiserver again with the argv it started with (its log goes on);
+        returns, in seconds, how long it took to answer /readyz (bounded by ``timeout``).
+        The other daemons reconnect on their own: :meth:`wait_reconnected`."""
+        if self.alive("kube-apiserver"):
+            raise KubeNodeError("kube-apiserver is already running")
+        started = time.monotonic()
+        self._start_apiserver(timeout=timeout)
+        return time.monotonic() - started
+
+    def wait_reconnected(self, since: float, *, timeout: float = 90.0) -> float:
+        """Wait (bounded) until the node is back in order after the apiserver came back:
+        every daemon still running, kubelet's Lease renewed after ``since`` (a
+        ``time.time()``), the Node Ready and without the not-ready/unreachable taints
+        the node lifecycle controller puts on a node that went quiet. Seconds it took."""
+        started = time.monotonic()
+        for daemon in self.processes:
+            if not self.alive(daemon):
+                raise KubeNodeError(str(self.processes[daemon].failure("died")))
+
+        def back() -> bool:
+            lease = self.kubectl(
+                "get", "lease", self.name, "-n", "kube-node-lease", "-o", "json",
+                check=False, timeout=10,
+            )  # fmt: skip
+            if lease.returncode != 0:
+                return False
+            renewed = json.loads(lease.stdout).get("spec", {}).get("renewTime")
+            if not renewed or _timestamp(renewed) < since:
+                return False
+            node = self.kubectl("get", "node", self.name, "-o", "json", check=False, timeout=10)
+            if node.returncode != 0:
+                return False
+            obj = json.loads(node.stdout)
+            taints = {t.get("key") for t in obj.get("spec", {}).get("taints") or []}
+            quiet = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+            return _condition(obj, "Ready") and not taints & quiet
+
+        wait_until(back, timeout=timeout, interval=0.5, what=f"{self.name} reconnected")
+        return time.monotonic() - started
+
     # --- lifecycle --------------------------------------------------------------------
 
     def __enter__(self) -> KubeNode:
@@ -546,8 +607,38 @@ class KubeNode:
         done = self.run_in_node(*argv, url, check=False, timeout=10)
         return done.returncode == 0 and expect in done.stdout
 
+    def _apiserver_argv(self) -> list[str]:
+        pki = self.root / "pki"
+        return [
+            str(self.bin / "kube-apiserver"),
+            f"--etcd-servers={ETCD_URL}",
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.address}",
+            f"--secure-port={API_PORT}",
+            "--insecure-port=0",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--token-auth-file={pki / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.key'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _start_apiserver(self, *, timeout: float = 90.0) -> None:
+        self._spawn("kube-apiserver", self._apiserver_argv())
+        self._wait_up("kube-apiserver", self._apiserver_ready, timeout=timeout)
+
+    def _apiserver_ready(self) -> bool:
+        return self.ca_file.exists() and self._get_ok(f"{self.api_url}/readyz", token=True)
+
     def _start_control_plane(self) -> None:
-        etcd = "http://127.0.0.1:2379"
+        etcd = ETCD_URL
         self._spawn(
             "etcd",
             etcd_argv(
@@ -560,35 +651,8 @@ class KubeNode:
         self._wait_up(
             "etcd", lambda: self._get_ok(f"{etcd}/health", expect='"health":"true"'), timeout=30
         )
+        self._start_apiserver()
         pki = self.root / "pki"
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bin / "kube-apiserver"),
-                f"--etcd-servers={etcd}",
-                "--bind-address=0.0.0.0",
-                f"--advertise-address={self.address}",
-                f"--secure-port={API_PORT}",
-                "--insecure-port=0",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--token-auth-file={pki / 'tokens.csv'}",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki / 'sa.key'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
-        self._wait_up(
-            "kube-apiserver",
-            lambda: self.ca_file.exists() and self._get_ok(f"{self.api_url}/readyz", token=True),
-            timeout=90,
-        )
         kubeconfigs = self.root / "kubeconfigs"
         self._spawn(
             "kube-controller-manager",
@@ -978,6 +1042,12 @@ def _clean_env() -> Mapping[str, str]:
 def _condition(obj: Mapping[str, Any], kind: str) -> bool:
     conditions = obj.get("status", {}).get("conditions") or []
     return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
+
+
+def _timestamp(rfc3339: str) -> float:
+    """A Kubernetes timestamp (``2006-01-02T15:04:05Z``, fractions allowed) as
+    ``time.time()`` seconds."""
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def _is_ready(pod: Mapping[str, Any]) -> bool:

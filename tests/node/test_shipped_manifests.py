@@ -578,44 +578,99 @@ def test_rolling_update_keeps_the_outage_short(
     assert steps["VIPs held again"] - steps["its container running"] < TAKEOVER_LIMIT, steps
 
 
+def through_vip(node: KubeNode, server: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl --server SERVER get nodes -o name`` from a machine on the segment, as the
+    administrator; the apiserver's certificate covers the VIP, so TLS verification stays
+    on."""
+    kubectl = [str(node.bin / "kubectl"), f"--kubeconfig={node.kubeconfig}"]
+    return node.run_in_client(
+        *kubectl, f"--server={server}", "--request-timeout=5s", "get", "nodes", "-o", "name",
+        check=False, timeout=20,
+    )  # fmt: skip
+
+
+def https_through_vip(node: KubeNode, server: str) -> subprocess.CompletedProcess[str]:
+    """``curl SERVER/readyz`` from the client, TLS verified: exit 7 while nothing listens
+    on the VIP's port, another failure while haproxy listens but has no server to hand
+    the connection to."""
+    return node.run_in_client(
+        "curl", "-sS", "-m", "10", "--noproxy", "*", "--cacert", str(node.ca_file),
+        f"{server}/readyz", check=False, timeout=20,
+    )  # fmt: skip
+
+
 def test_static_pod_brings_up_the_control_plane_vip(
     kube_node: KubeNode, agent: dict[str, float], report: list[str]
 ) -> None:
     """The static pod on a control-plane node that also runs the DaemonSet's pod (its
-    tolerations put it there): the control-plane VIP with haproxy in front of the
-    apiserver, from the manifest alone (static mode: no API access needed)."""
+    tolerations put it there), written as on the first control-plane node before
+    ``kubeadm init``: the node's kube-apiserver is stopped first, so the control-plane VIP
+    must come up with haproxy from the manifest alone (static mode: no API access needed)
+    while nothing can answer through it; once the apiserver starts, ``kubectl`` through
+    the VIP works with no action taken. The apiserver is back, and the node's daemons
+    reconnected to it, before the test ends, whatever happens."""
+    server = f"https://{CONTROL_PLANE_VIP}:8443"
     path = kube_node.manifest_dir / "vip-agent.yaml"
-    path.write_text(manifest("static-pod.yaml", kube_node), encoding="utf-8")
-    started = time.monotonic()
+    kube_node.stop_apiserver()
+    since = time.time()
     try:
+        path.write_text(manifest("static-pod.yaml", kube_node), encoding="utf-8")
+        written = time.monotonic()
         held = wait_held(kube_node, {CONTROL_PLANE_VIP}, timeout=60)
-        (mirror,) = kube_node.wait_pod_ready(STATIC_PODS, namespace=NAMESPACE, timeout=60)
-        ready = time.monotonic() - started
-        assert mirror["spec"]["containers"][0]["image"] == IMAGE
-        # kubectl from a machine on the segment, through the VIP and haproxy; the
-        # apiserver's certificate covers the VIP, so TLS verification stays on.
-        server = f"https://{CONTROL_PLANE_VIP}:8443"
-        kubectl = [str(kube_node.bin / "kubectl"), f"--kubeconfig={kube_node.kubeconfig}"]
 
-        def through_vip() -> str:
-            done = kube_node.run_in_client(
-                *kubectl, f"--server={server}", "get", "nodes", "-o", "name",
-                check=False, timeout=20,
-            )  # fmt: skip
-            return done.stdout.strip()
+        def accepted() -> subprocess.CompletedProcess[str] | None:
+            done = https_through_vip(kube_node, server)
+            return done if done.returncode != 7 else None
 
-        got = wait_until(through_vip, timeout=30, interval=0.5, what=f"kubectl via {server}")
-        assert got == f"node/{kube_node.name}"
-        report.append(
-            f"static pod: control-plane VIP on eth0 {held:.1f} s after the manifest was "
-            f"written, pod Ready {ready:.1f} s; kubectl --server {server} works"
+        # haproxy listens on the VIP (the connection is accepted, not refused) but has no
+        # apiserver to hand it to: nothing answers through the VIP yet.
+        refused = wait_until(
+            accepted, timeout=30, interval=0.2, what=f"haproxy listening on {server}"
         )
-        # The DaemonSet's pod on the same node is not disturbed by it.
-        [pod] = daemonset_pods(kube_node)
-        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["status"]
-        assert configmap_vips(kube_node) <= addresses_on_eth0(kube_node)
+        listening = time.monotonic() - written
+        assert refused.returncode not in (0, 28), (refused.returncode, refused.stderr)
+        assert not kube_node.alive("kube-apiserver")
+        # The DaemonSet's pod beside it keeps every VIP through the API outage.
+        assert configmap_vips(kube_node) | {LB_VIP} <= addresses_on_eth0(kube_node)
+        why = (refused.stderr.strip().splitlines() or ["no message"])[-1]
+
+        restarted = time.monotonic()
+        since = time.time()
+        apiserver_ready = kube_node.start_apiserver()
+        got = wait_until(
+            lambda: through_vip(kube_node, server).stdout.strip(),
+            timeout=60,
+            interval=0.5,
+            what=f"kubectl via {server}",
+        )
+        via_vip = time.monotonic() - restarted
+        assert got == f"node/{kube_node.name}"
+        reconnected = kube_node.wait_reconnected(since, timeout=90)
+        # The DaemonSet's pod on the same node, not Ready while its cluster source failed
+        # (by design), is Ready again once its watches reconnect, its VIPs still held.
+        assert configmap_vips(kube_node) | {LB_VIP} <= addresses_on_eth0(kube_node)
+        kube_node.wait_pod_ready(DAEMONSET_PODS, namespace=NAMESPACE, timeout=90)
+        daemonset_ready = time.monotonic() - restarted
+        # kubelet creates the static pod's mirror at the pod's next sync once the API
+        # answers: its periodic resync (--sync-frequency 1 min, jittered up to 1.5 min).
+        (mirror,) = kube_node.wait_pod_ready(STATIC_PODS, namespace=NAMESPACE, timeout=150)
+        mirrored = time.monotonic() - restarted
+        assert mirror["spec"]["containers"][0]["image"] == IMAGE
+        report.append(
+            f"static pod, apiserver stopped: control-plane VIP on eth0 {held:.1f} s after "
+            f"the manifest was written, haproxy accepting on it {listening:.1f} s after it "
+            f"(nothing behind it: curl exit {refused.returncode}, {why}); apiserver "
+            f"started: /readyz {apiserver_ready:.1f} s, kubectl --server {server} works "
+            f"{via_vip:.1f} s after the start, node reconnected {reconnected:.1f} s later, "
+            f"DaemonSet pod Ready again {daemonset_ready:.1f} s, the static pod's mirror "
+            f"Ready {mirrored:.1f} s after the start"
+        )
     finally:
         path.unlink(missing_ok=True)
+        # Whatever failed above, the node serves the rest of the session.
+        if not kube_node.alive("kube-apiserver"):
+            kube_node.start_apiserver()
+        kube_node.wait_reconnected(since, timeout=90)
     wait_released(kube_node, {CONTROL_PLANE_VIP}, timeout=40)
     wait_until(
         lambda: (
