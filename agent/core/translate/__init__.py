@@ -89,7 +89,6 @@ from agent.core.translate.requests import (
     ServiceAsks,
     VipRequest,
     parse_configmap_key,
-    service_requests,
 )
 from agent.core.translate.vrrp import LOCAL_PENALTY, priority_for, service_instances, vrid_for
 from agent.settings import Mode, Settings
@@ -137,7 +136,7 @@ def translate(
     forbidden = Forbidden(node_addresses=every_node_address(snapshot), host=host or HostFacts())
     cp_vip = _control_plane_vip(settings, forbidden=forbidden, rej=rej)
     pools = read_pools(snapshot, settings, rej=rej)
-    asks = service_requests(snapshot, rej)
+    asks = memo.service_requests(snapshot, rej=rej)
     cm_requests = memo.configmap_requests(snapshot, settings, rej=rej)
     admission = memo.admit(
         [*cm_requests, *asks.requests],

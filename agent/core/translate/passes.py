@@ -6,7 +6,8 @@ to share work) keeps, between two passes:
 
 * the forwarding plan of each request, by the identity of its Service and endpoint
   objects (:class:`agent.core.translate.forwarding.Plans`);
-* the vip-configmap's requests, by the identity of the ConfigMap;
+* the vip-configmap's requests, by the identity of the ConfigMap, and the LoadBalancer
+  Services' requests while the Services are the same objects;
 * admission (:class:`Ownership`): the same requests, forbidden addresses and pools admit
   the same VIPs, so the last result is taken as it is;
 * the forwarding of every admitted request (:class:`Forwarded`): when the requests, the
@@ -23,7 +24,7 @@ test_render_incremental.py checks it over random change sequences).
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,12 @@ from agent.core.translate.forwarding import (
     replay,
 )
 from agent.core.translate.ownership import Ownership
-from agent.core.translate.requests import VipRequest, configmap_requests
+from agent.core.translate.requests import (
+    ServiceAsks,
+    VipRequest,
+    configmap_requests,
+    service_requests,
+)
 from agent.settings import Settings
 
 ListenerKey = tuple[int, int, int]
@@ -106,6 +112,32 @@ class _Inputs:
 
 
 @dataclass
+class _Sorted:
+    """Values in the order of their keys, patched in place (each key is one slot)."""
+
+    keys: list[Any]
+    values: list[Any]
+
+    @classmethod
+    def of(cls, table: Mapping[Any, Any]) -> _Sorted:
+        keys = sorted(table)
+        return cls(keys, [table[k] for k in keys])
+
+    def swap(self, old: Mapping[Any, object], new: Mapping[Any, object]) -> None:
+        """Replace one request's entries with its new ones."""
+        for key in old.keys() - new.keys():
+            i = bisect_left(self.keys, key)
+            del self.keys[i], self.values[i]
+        for key, value in new.items():
+            i = bisect_left(self.keys, key)
+            if i < len(self.keys) and self.keys[i] == key:
+                self.values[i] = value
+            else:
+                self.keys.insert(i, key)
+                self.values.insert(i, value)
+
+
+@dataclass
 class _Forwarding:
     """The last pass's forwarding, kept to be patched by the next one."""
 
@@ -114,10 +146,8 @@ class _Forwarding:
     entries: list[_Entry | None]
     by_service: dict[Key, list[int]]
     by_vip: dict[IPAddress, list[int]]
-    virtual_servers: dict[Slot, VirtualServer] = field(default_factory=dict)
-    vs_order: list[Slot] = field(default_factory=list)
-    listeners: dict[ListenerKey, ProxyListener] = field(default_factory=dict)
-    listener_order: list[ListenerKey] = field(default_factory=list)
+    virtual_servers: _Sorted = field(default_factory=lambda: _Sorted([], []))
+    listeners: _Sorted = field(default_factory=lambda: _Sorted([], []))
     local_vips: dict[IPAddress, bool] = field(default_factory=dict)
     result: Forwarded | None = None
     rejections: tuple[Rejection, ...] | None = None
@@ -126,10 +156,11 @@ class _Forwarding:
 def _changed(old: Mapping[Any, object], new: Mapping[Any, object]) -> set[Any]:
     """Keys whose value is another (and unequal) object, or that came or went.
 
-    One pass over the keys with an identity test each: a store keeps an unchanged object
-    as the same dict (Snapshot.build makes new tuples of the same slices, equal at once).
+    A store keeps an unchanged object as the same dict (Snapshot.build makes new tuples
+    of the same slices, equal at once), so a kind in which nothing changed costs one
+    comparison in C, and the others one identity test per key.
     """
-    if old is new:
+    if old is new or old == new:  # in C, each value found identical at once
         return set()
     out = {k for k, v in new.items() if (o := old.get(k, _MISSING)) is not v and o != v}
     out.update(old.keys() - new.keys())
@@ -146,6 +177,7 @@ class PlanMemo:
         self._configmap: IdentityMemo[tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]] = (
             IdentityMemo()
         )
+        self._asks: tuple[Mapping[Key, object], ServiceAsks, tuple[Rejection, ...]] | None = None
         self._admission: tuple[tuple[object, ...], list[VipRequest], Admission] | None = None
         self._forwarding: _Forwarding | None = None
         self._instances: tuple[tuple[object, ...], list[VrrpInstance]] | None = None
@@ -182,6 +214,19 @@ class PlanMemo:
         )
         rej.items.extend(rejections)
         return list(found)
+
+    def service_requests(self, snapshot: Snapshot, *, rej: Rejections) -> ServiceAsks:
+        """The LoadBalancer Services' requests (agent.core.translate.requests), the last
+        ones while the Services are the same objects (one comparison in C)."""
+        last = self._asks
+        if last is not None and (last[0] is snapshot.services or last[0] == snapshot.services):
+            rej.items.extend(last[2])
+            return last[1]
+        own = Rejections()
+        asks = service_requests(snapshot, own)
+        self._asks = (snapshot.services, asks, tuple(own.items))
+        rej.items.extend(own.items)
+        return asks
 
     def admit(
         self,
@@ -247,8 +292,8 @@ class PlanMemo:
         rej.items.extend(state.rejections)
         if state.result is None:
             state.result = Forwarded(
-                virtual_servers=tuple(state.virtual_servers[k] for k in state.vs_order),
-                listeners=tuple(state.listeners[k] for k in state.listener_order),
+                virtual_servers=tuple(state.virtual_servers.values),
+                listeners=tuple(state.listeners.values),
                 local_vips=dict(state.local_vips),
             )
         return state.result
@@ -280,6 +325,8 @@ class PlanMemo:
     def _full(self, inputs: _Inputs, snapshot: Snapshot) -> _Forwarding:
         taken = set(inputs.initial)
         state = _Forwarding(inputs, snapshot, [], {}, {})
+        virtual_servers: dict[Slot, VirtualServer] = {}
+        listeners: dict[ListenerKey, ProxyListener] = {}
         for index, request in enumerate(inputs.admitted):
             if request.method is None or request.service is None:
                 state.entries.append(None)
@@ -288,12 +335,12 @@ class PlanMemo:
             state.entries.append(entry)
             state.by_service.setdefault(request.service, []).append(index)
             state.by_vip.setdefault(request.vip, []).append(index)
-            state.virtual_servers.update(entry.out.virtual_servers)
-            state.listeners.update(entry.out.listeners)
+            virtual_servers.update(entry.out.virtual_servers)
+            listeners.update(entry.out.listeners)
             for vip, has_local in entry.out.local_vips.items():
                 state.local_vips[vip] = state.local_vips.get(vip, False) or has_local
-        state.vs_order = sorted(state.virtual_servers)
-        state.listener_order = sorted(state.listeners)
+        state.virtual_servers = _Sorted.of(virtual_servers)
+        state.listeners = _Sorted.of(listeners)
         return state
 
     def _patch(self, last: _Forwarding, snapshot: Snapshot) -> _Forwarding | None:
@@ -316,18 +363,15 @@ class PlanMemo:
         self._patched += len(fresh)
         if not fresh:
             return last
-        last.result = last.rejections = None
+        last.result = None
         for index, entry in fresh:
             before = last.entries[index]
             assert before is not None
             last.entries[index] = entry
-            _swap(
-                last.virtual_servers,
-                last.vs_order,
-                before.out.virtual_servers,
-                entry.out.virtual_servers,
-            )
-            _swap(last.listeners, last.listener_order, before.out.listeners, entry.out.listeners)
+            if entry.rejections != before.rejections:
+                last.rejections = None
+            last.virtual_servers.swap(before.out.virtual_servers, entry.out.virtual_servers)
+            last.listeners.swap(before.out.listeners, entry.out.listeners)
             vip = entry.request.vip
             last.local_vips.pop(vip, None)
             for other in last.by_vip[vip]:
@@ -348,16 +392,3 @@ class PlanMemo:
         found = compute()
         self._instances = (key, found)
         return list(found)
-
-
-def _swap(
-    table: dict[Any, Any], order: list[Any], old: Mapping[Any, object], new: Mapping[Any, object]
-) -> None:
-    """Replace one request's entries of a sorted table with its new ones."""
-    for key in old.keys() - new.keys():
-        del table[key]
-        order.remove(key)
-    for key, value in new.items():
-        if key not in table:
-            insort(order, key)
-        table[key] = value
