@@ -14,8 +14,9 @@ to share work) keeps, between two passes:
   VIPs and the settings are those of the last pass, only the requests whose Service or
   endpoint objects changed are forwarded again, against the slots that were taken before
   them last time.  That is exact as long as each keeps the VIP:port slots it had (its
-  Service's ports did not change): the slots every later request finds taken are then
-  the same.  When one does not, the whole list is forwarded again, in order;
+  Service's ports did not change), or takes others that no other request has: the slots
+  every other request finds taken are then the same.  When one does not, the whole list
+  is forwarded again, in order;
 * the VRRP instances, while their inputs are equal.
 
 Whatever comes out is what a translation without the memo gives (tests/unit/
@@ -146,6 +147,8 @@ class _Forwarding:
     entries: list[_Entry | None]
     by_service: dict[Key, list[int]]
     by_vip: dict[IPAddress, list[int]]
+    users: dict[Slot, int] = field(default_factory=dict)
+    """How many requests' plans have each slot."""
     virtual_servers: _Sorted = field(default_factory=lambda: _Sorted([], []))
     listeners: _Sorted = field(default_factory=lambda: _Sorted([], []))
     local_vips: dict[IPAddress, bool] = field(default_factory=dict)
@@ -335,6 +338,8 @@ class PlanMemo:
             state.entries.append(entry)
             state.by_service.setdefault(request.service, []).append(index)
             state.by_vip.setdefault(request.vip, []).append(index)
+            for slot in entry.slots:
+                state.users[slot] = state.users.get(slot, 0) + 1
             virtual_servers.update(entry.out.virtual_servers)
             listeners.update(entry.out.listeners)
             for vip, has_local in entry.out.local_vips.items():
@@ -356,7 +361,9 @@ class PlanMemo:
             before = last.entries[index]
             assert before is not None
             entry = self._entry(before.request, last.inputs, snapshot, set(before.prior))
-            if entry.slots != before.slots or entry.claims != before.claims:
+            if (entry.slots != before.slots or entry.claims != before.claims) and not _moved(
+                last, before, entry
+            ):
                 return None
             fresh.append((index, entry))
         last.snapshot = snapshot
@@ -392,3 +399,23 @@ class PlanMemo:
         found = compute()
         self._instances = (key, found)
         return list(found)
+
+
+def _moved(last: _Forwarding, before: _Entry, entry: _Entry) -> bool:
+    """Whether a request whose slots changed (its Service's ports did) can be patched:
+    only when no other request has any of its old or new slots, nor the control plane
+    (no one else looked at them, so no one else's outcome changes; it found none taken).
+    Counts its new slots in when it can."""
+    users = last.users
+    for slot in before.slots:
+        users[slot] -= 1
+    alone = (
+        not entry.prior
+        and not any(users[s] for s in before.slots)
+        and not any(users.get(s, 0) for s in entry.slots)
+        and (before.slots | entry.slots).isdisjoint(last.inputs.initial)
+    )
+    if alone:
+        for slot in entry.slots:
+            users[slot] = users.get(slot, 0) + 1
+    return alone
