@@ -69,12 +69,15 @@ def _num(value: float) -> str:
     return format(value, "g")
 
 
+_text = grammar.ip_text
+
+
 def _host(address: IPAddress) -> str:
-    return f"[{address}]" if address.version == 6 else str(address)
+    return f"[{_text(address)}]" if address.version == 6 else str(address)
 
 
 def _prefix(address: IPAddress) -> str:
-    return f"{address}/{address.max_prefixlen}"
+    return f"{_text(address)}/{address.max_prefixlen}"
 
 
 Values = SimpleNamespace
@@ -95,8 +98,8 @@ def _instance(inst: VrrpInstance) -> Values:
         garp_master_delay=inst.garp_master_delay,
         garp_master_refresh=inst.garp_master_refresh,
         auth_pass=_safe(inst.auth_pass) if inst.auth_pass else None,
-        unicast_src=str(inst.unicast_src) if inst.unicast_src else None,
-        unicast_peers=[str(p) for p in inst.unicast_peers],
+        unicast_src=_text(inst.unicast_src) if inst.unicast_src else None,
+        unicast_peers=[_text(p) for p in inst.unicast_peers],
         track_interfaces=[_safe(i) for i in inst.track_interfaces],
         track_file=_safe(inst.track_file) if inst.track_file else None,
         vips=[_prefix(v) for v in inst.vips],
@@ -106,7 +109,7 @@ def _instance(inst: VrrpInstance) -> Values:
 
 def _virtual_server(vs: VirtualServer) -> Values:
     return Values(
-        vip=str(vs.vip),
+        vip=_text(vs.vip),
         port=vs.port,
         protocol=vs.protocol.value,
         lb_kind=vs.method.value,
@@ -116,7 +119,7 @@ def _virtual_server(vs: VirtualServer) -> Values:
         delay_loop=vs.delay_loop,
         service=_safe(vs.service),
         real_servers=[
-            Values(address=str(rs.address), port=rs.port, weight=rs.weight)
+            Values(address=_text(rs.address), port=rs.port, weight=rs.weight)
             for rs in vs.real_servers
         ],
     )
