@@ -85,7 +85,7 @@ class Forwarded:
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     """What one admitted request forwarded in the last pass."""
 
@@ -98,7 +98,10 @@ class _Entry:
     prior: frozenset[Slot]
     """Its slots that earlier requests (or the control plane) had taken."""
     rejections: tuple[Rejection, ...]
-    out: Forwarding
+    virtual_servers: tuple[tuple[Slot, VirtualServer], ...]
+    listeners: tuple[tuple[ListenerKey, ProxyListener], ...]
+    local: bool | None
+    """For a Local-policy plan: does it have a ready endpoint here (None: not Local)."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,14 @@ class _Sorted:
         keys = sorted(table)
         return cls(keys, [table[k] for k in keys])
 
-    def swap(self, old: Mapping[Any, object], new: Mapping[Any, object]) -> None:
+    def swap(
+        self, old: tuple[tuple[Any, object], ...], new: tuple[tuple[Any, object], ...]
+    ) -> None:
         """Replace one request's entries with its new ones."""
-        for key in old.keys() - new.keys():
+        for key in {k for k, _ in old} - {k for k, _ in new}:
             i = bisect_left(self.keys, key)
             del self.keys[i], self.values[i]
-        for key, value in new.items():
+        for key, value in new:
             i = bisect_left(self.keys, key)
             if i < len(self.keys) and self.keys[i] == key:
                 self.values[i] = value
@@ -286,6 +291,8 @@ class PlanMemo:
         if state is None:
             self.plans.turn()
             self._patched = 0
+            # the last pass goes first: both at once would double the peak
+            self._forwarding = last = None
             state = self._full(inputs, snapshot)
         else:
             self.incremental_passes += 1
@@ -314,16 +321,26 @@ class PlanMemo:
             vips=inputs.vips,
             rej=own,
         )
-        out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
         if plan is None:
-            return _Entry(
-                request, None, frozenset(), frozenset(), frozenset(), tuple(own.items), out
-            )
+            none = frozenset[Slot]()
+            return _Entry(request, None, none, none, none, tuple(own.items), (), (), None)
+        out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
         slots = frozenset(p.slot for p in plan.ports)
         prior = frozenset(s for s in slots if s in taken)
         replay(request, plan, taken=taken, out=out, rej=own)
         claims = frozenset(p.slot for p in plan.ports if p.claims)
-        return _Entry(request, plan, slots, claims, prior, tuple(own.items), out)
+        # kept for every request between passes: as little as will do
+        return _Entry(
+            request,
+            plan,
+            slots,
+            slots if claims == slots else claims,
+            prior,
+            tuple(own.items),
+            tuple(out.virtual_servers.items()),
+            tuple(out.listeners.items()),
+            out.local_vips.get(request.vip),
+        )
 
     def _full(self, inputs: _Inputs, snapshot: Snapshot) -> _Forwarding:
         taken = set(inputs.initial)
@@ -340,10 +357,11 @@ class PlanMemo:
             state.by_vip.setdefault(request.vip, []).append(index)
             for slot in entry.slots:
                 state.users[slot] = state.users.get(slot, 0) + 1
-            virtual_servers.update(entry.out.virtual_servers)
-            listeners.update(entry.out.listeners)
-            for vip, has_local in entry.out.local_vips.items():
-                state.local_vips[vip] = state.local_vips.get(vip, False) or has_local
+            virtual_servers.update(entry.virtual_servers)
+            listeners.update(entry.listeners)
+            if entry.local is not None:
+                vip = request.vip
+                state.local_vips[vip] = state.local_vips.get(vip, False) or entry.local
         state.virtual_servers = _Sorted.of(virtual_servers)
         state.listeners = _Sorted.of(listeners)
         return state
@@ -377,14 +395,14 @@ class PlanMemo:
             last.entries[index] = entry
             if entry.rejections != before.rejections:
                 last.rejections = None
-            last.virtual_servers.swap(before.out.virtual_servers, entry.out.virtual_servers)
-            last.listeners.swap(before.out.listeners, entry.out.listeners)
+            last.virtual_servers.swap(before.virtual_servers, entry.virtual_servers)
+            last.listeners.swap(before.listeners, entry.listeners)
             vip = entry.request.vip
             last.local_vips.pop(vip, None)
             for other in last.by_vip[vip]:
                 e = last.entries[other]
-                if e is not None and vip in e.out.local_vips:
-                    last.local_vips[vip] = last.local_vips.get(vip, False) or e.out.local_vips[vip]
+                if e is not None and e.local is not None:
+                    last.local_vips[vip] = last.local_vips.get(vip, False) or e.local
         return last
 
     # --- VRRP ---------------------------------------------------------------------
