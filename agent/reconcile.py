@@ -184,7 +184,7 @@ class Agent:
         self._lock = threading.Lock()
         self._renderer_cache: render_mod.Renderer | None = None
         self._plans = PlanMemo()
-        """Forwarding plans kept between reconciles: one change recomputes one Service."""
+        """What translate keeps between reconciles: one change recomputes one Service."""
 
     @property
     def settings(self) -> Settings:

@@ -5,7 +5,9 @@ The steps, one module each:
   * ``requests``: which VIP each source asks for (vip-configmap, LoadBalancer Services);
   * ``endpoints``: Service ports and the ready endpoints serving them;
   * ``forwarding``: what a request becomes (virtual servers, listeners), slots claimed
-    first come first served, plans memoized in a caller-owned :class:`PlanMemo`;
+    first come first served;
+  * ``passes``: what one translation keeps for the next in a caller-owned
+    :class:`PlanMemo`, so that a change costs in proportion to what it changed;
   * ``vrrp`` and ``control_plane``: instances, ids, priorities, peers, the apiserver
     frontend and its health track file.
 

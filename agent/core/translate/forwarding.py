@@ -1,9 +1,9 @@
 """Forwarding: what each VIP request becomes (IPVS virtual servers, haproxy listeners).
 
 A request's plan depends on its Service and endpoint objects alone, so it is memoized
-on their identity (:class:`PlanMemo`, owned by the caller); which VIP:port slots earlier
-requests took is settled when the plan is replayed (:func:`forward`), first come first
-served.
+on their identity (:class:`Plans`, held by the caller's
+:class:`agent.core.translate.passes.PlanMemo`); which VIP:port slots earlier requests
+took is settled when the plan is replayed (:func:`replay`), first come first served.
 """
 
 from __future__ import annotations
