@@ -28,7 +28,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.core.addresses import Forbidden
 from agent.core.memo import IdentityMemo
@@ -85,9 +85,9 @@ class Forwarded:
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """What one admitted request forwarded in the last pass."""
+class _Entry(NamedTuple):
+    """What one admitted request forwarded in the last pass (a tuple: one is made for
+    every request of a cold pass, and kept for it)."""
 
     request: VipRequest
     plan: ForwardPlan | None
