@@ -18,6 +18,11 @@
   changes ends in one reload with the last configuration, never in a stream of SIGHUPs
   (keepalived misbehaves when reloaded in quick succession).  The last change always
   lands: a throttled reload is kept pending, not dropped.
+* In the loop, a reload and its confirmation run beside it, one at a time per daemon:
+  keepalived takes seconds to confirm a reload of thousands of virtual servers, and the
+  loop goes on rendering, checking and installing files meanwhile.  A file installed
+  while its daemon reloads keeps the reload pending; the next one starts when the one in
+  flight has ended and the throttle allows, and reads the last file.
 * Any failure (a broken template, a file the checker rejects, a reload that is not
   confirmed) leaves the running configuration alone and is reported in ``status``.
 """
@@ -165,12 +170,21 @@ class Agent:
         self.clock = clock
         self.wall = wall
         self.status = Status()
-        self._trigger = threading.Event()
+        self._wakeup = threading.Event()
+        """Set by an event from the source (``trigger``) or a reload that ended."""
+        self._changed = False
+        """An event from the source came since the loop last looked."""
         self._last_reload: dict[str, float] = {}
+        """When each daemon's last reload ended (its throttle counts from there)."""
+        self._reloading: dict[str, threading.Thread] = {}
+        """The reload in flight of each daemon, in the loop (at most one each)."""
+        self._background = False
+        """Reload beside the loop (``run``); a lone ``reconcile()`` reloads before it
+        returns."""
         self._lock = threading.Lock()
         self._renderer_cache: render_mod.Renderer | None = None
         self._plans = PlanMemo()
-        """Forwarding plans kept between reconciles: one change recomputes one Service."""
+        """What translate keeps between reconciles: one change recomputes one Service."""
 
     @property
     def settings(self) -> Settings:
@@ -180,7 +194,8 @@ class Agent:
 
     def trigger(self) -> None:
         """Ask for a reconcile (thread-safe, cheap, coalesced)."""
-        self._trigger.set()
+        self._changed = True  # before the wakeup: the loop reads it after waking
+        self._wakeup.set()
 
     # --- one reconcile --------------------------------------------------------------
 
@@ -249,9 +264,13 @@ class Agent:
         return self._daemon[daemon].reload_interval(self.settings)
 
     def _reload_due(self) -> float | None:
-        """Run the pending reloads whose throttle allows; seconds until the next one."""
+        """Start the pending reloads whose throttle allows; seconds until the next one
+        (None: none due, or only ones waiting for a reload in flight, whose end wakes
+        the loop)."""
         wait: float | None = None
         for name in sorted(self.status.pending_reloads):
+            if name in self._reloading:
+                continue  # one at a time: this one reads the file when it comes
             since = self.clock() - self._last_reload.get(name, float("-inf"))
             remaining = self._interval(name) - since
             if remaining > 0:
@@ -261,15 +280,32 @@ class Agent:
             daemon = self.daemons[name]
             if not daemon.running():
                 continue  # it reads the new file when it (re)starts
-            outcome = daemon.reload()
-            self._last_reload[name] = self.clock()
-            self.status.reload_outcomes[name] = outcome
-            self.observer.reloaded(name, outcome)
-            if outcome.ok:
-                log.info("%s reloaded in %.0f ms: %s", name, outcome.seconds * 1000, outcome.detail)
-            else:
-                log.error("%s reload failed: %s", name, outcome.detail)
+            if not self._background:
+                self._reload(name, daemon)
+                continue
+            worker = threading.Thread(
+                target=self._reload, args=(name, daemon), name=f"reload-{name}", daemon=True
+            )
+            self._reloading[name] = worker
+            worker.start()
         return wait
+
+    def _reload(self, name: str, daemon: Daemon) -> None:
+        """Reload ``daemon`` and wait for its confirmation (in the loop: in a thread)."""
+        try:
+            outcome = daemon.reload()
+        except Exception as err:  # a broken daemon module must not end the reloads
+            log.exception("%s reload raised", name)
+            outcome = ReloadOutcome(False, f"raised {err!r}", 0.0)
+        self._last_reload[name] = self.clock()
+        self.status.reload_outcomes[name] = outcome
+        self.observer.reloaded(name, outcome)
+        if outcome.ok:
+            log.info("%s reloaded in %.0f ms: %s", name, outcome.seconds * 1000, outcome.detail)
+        else:
+            log.error("%s reload failed: %s", name, outcome.detail)
+        if self._reloading.pop(name, None) is not None:
+            self._wakeup.set()  # a reload that waited for this one may be due
 
     # --- the loop -------------------------------------------------------------------
 
@@ -281,7 +317,8 @@ class Agent:
         # has now, and an event arriving while it runs must bring another pass (clearing
         # afterwards lost such events until the next one came: found by 3 agents whose
         # first pass raced the creation of 30 Services)
-        self._trigger.clear()
+        self._changed = False
+        self._wakeup.clear()
         last_pass = self.clock()
         self.reconcile()
         # Everything the first pass built (the cluster's objects, the caches) lives long;
@@ -292,6 +329,7 @@ class Agent:
         gc.freeze()
         for daemon in self._start_order():
             daemon.start()
+        self._background = True
         dirty = False
         while not stop.is_set():
             self.status.heartbeat = self.clock()
@@ -301,9 +339,11 @@ class Agent:
             pending = self._reload_due()
             if pending is not None:
                 timeout = min(timeout, pending)
-            if self._trigger.wait(timeout):
-                self._trigger.clear()
-                dirty = True
+            if self._wakeup.wait(timeout):
+                self._wakeup.clear()
+                if self._changed:  # read after the clear: a later event sets both again
+                    self._changed = False
+                    dirty = True
             if dirty and self.clock() >= last_pass + interval:
                 dirty = False
                 last_pass = self.clock()  # the start: a slow pass delays no later event
@@ -321,3 +361,5 @@ class Agent:
         for name in stop_order(self.config_files):
             if name in self.daemons:
                 self.daemons[name].stop()
+        for worker in list(self._reloading.values()):
+            worker.join(timeout=1.0)  # daemon threads: a confirmation never coming holds no exit

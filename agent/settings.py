@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-import yaml
-
 from agent.core.addresses import reserved_reason
 from agent.core.grammar import DNS_LABEL, DNS_SUBDOMAIN, IFNAME, LABEL_KEY, LABEL_VALUE
 from agent.core.model import BgpPeer, Community, IPAddress
@@ -1179,6 +1177,8 @@ def load_file(path: str | Path) -> dict[str, object]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise SettingsError(f"config file {path}: {err.strerror}") from None
+    import yaml  # not at the top: most runs read no config file, and it costs 10 ms
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -432,23 +432,28 @@ def burst(api: Any, child: Child, changes: Changes, count: int, size: int) -> No
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         accepted = list(pool.map(send, bodies))
     last = max(accepted)
-    passes, done, missing = 0, float("nan"), markers
+    # Every pass that ended after the burst started, until two quiet seconds: the final
+    # state is installed by the last one that changed keepalived.conf.  (The file is
+    # read once, at the end: records queue up while the burst is sent, and the file on
+    # disk when a record is read is not the file that record installed.)
+    passes, done = 0, float("nan")
     deadline = time.monotonic() + 120
-    while missing and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
-            record = child.next(max(0.0, deadline - time.monotonic()))
+            record = child.next(2.0)
         except queue.Empty:
             break
         if "applied" not in record or record["applied"] < started:
             continue
         passes += 1
-        text = (child.out / "keepalived.conf").read_text()
-        missing = [m for m in missing if m not in text]
-        done = record["applied"]
+        if "keepalived.conf" in record["changed"]:
+            done = record["applied"]
+    text = (child.out / "keepalived.conf").read_text()
+    missing = [m for m in markers if m not in text]
     print(
         f"  burst of {len(bodies)} Endpoints changes sent in {last - started:.2f} s: "
-        f"{passes} passes until every change was in the file, {done - last:.3f} s after the "
-        f"last was accepted; {len(missing)} missing after 120 s"
+        f"{passes} passes; the last change to the file {done - last:.3f} s after the "
+        f"last was accepted; {len(missing)} missing"
     )
 
 

@@ -57,6 +57,20 @@ def parse_port(value: object) -> int:
     return value
 
 
+def ip_text(address: IPAddress) -> str:
+    """``str(address)``, ten times faster for IPv6 (a 5,000-Service file writes tens of
+    thousands of addresses).  inet_ntop compresses as ipaddress does (RFC 5952: the
+    longest run of zero groups, the first of equal runs, never a lone one), but writes
+    the IPv4-compatible and IPv4-mapped forms (::/96, ::ffff:0:0/96) as a dotted quad
+    where ipaddress writes hex: those go through ipaddress."""
+    if address.version == 4:
+        return str(address)
+    number = int(address)
+    if number >> 32 in (0, 0xFFFF):
+        return str(address)
+    return socket.inet_ntop(socket.AF_INET6, number.to_bytes(16, "big"))
+
+
 def ip_token(address: IPAddress) -> str:
     """An address as a name fragment: 192_0_2_50, 2001_db8__50."""
-    return str(address).replace(".", "_").replace(":", "_")
+    return ip_text(address).replace(".", "_").replace(":", "_")

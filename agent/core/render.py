@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 
 from agent.core import grammar
-from agent.core.memo import Generations, IdentityMemo
+from agent.core.memo import Generations
 from agent.core.model import (
     Announcement,
     ApiserverProxy,
@@ -69,12 +69,15 @@ def _num(value: float) -> str:
     return format(value, "g")
 
 
+_text = grammar.ip_text
+
+
 def _host(address: IPAddress) -> str:
-    return f"[{address}]" if address.version == 6 else str(address)
+    return f"[{_text(address)}]" if address.version == 6 else str(address)
 
 
 def _prefix(address: IPAddress) -> str:
-    return f"{address}/{address.max_prefixlen}"
+    return f"{_text(address)}/{address.max_prefixlen}"
 
 
 Values = SimpleNamespace
@@ -95,8 +98,8 @@ def _instance(inst: VrrpInstance) -> Values:
         garp_master_delay=inst.garp_master_delay,
         garp_master_refresh=inst.garp_master_refresh,
         auth_pass=_safe(inst.auth_pass) if inst.auth_pass else None,
-        unicast_src=str(inst.unicast_src) if inst.unicast_src else None,
-        unicast_peers=[str(p) for p in inst.unicast_peers],
+        unicast_src=_text(inst.unicast_src) if inst.unicast_src else None,
+        unicast_peers=[_text(p) for p in inst.unicast_peers],
         track_interfaces=[_safe(i) for i in inst.track_interfaces],
         track_file=_safe(inst.track_file) if inst.track_file else None,
         vips=[_prefix(v) for v in inst.vips],
@@ -106,7 +109,7 @@ def _instance(inst: VrrpInstance) -> Values:
 
 def _virtual_server(vs: VirtualServer) -> Values:
     return Values(
-        vip=str(vs.vip),
+        vip=_text(vs.vip),
         port=vs.port,
         protocol=vs.protocol.value,
         lb_kind=vs.method.value,
@@ -116,7 +119,7 @@ def _virtual_server(vs: VirtualServer) -> Values:
         delay_loop=vs.delay_loop,
         service=_safe(vs.service),
         real_servers=[
-            Values(address=str(rs.address), port=rs.port, weight=rs.weight)
+            Values(address=_text(rs.address), port=rs.port, weight=rs.weight)
             for rs in vs.real_servers
         ],
     )
@@ -249,10 +252,13 @@ class Renderer:
     * the template values of each model object, found by identity first (translate hands
       back the very same VirtualServer and ProxyListener objects for a Service that did
       not change: no deep hash) and by equality otherwise;
-    * the text of each block a template renders through ``block()`` (a macro and its
-      values), by the template and the values' identity: an unchanged virtual server is
-      one dictionary lookup, not a template run.  A template edited on disk is a new
-      Template object, so nothing rendered from the old one is reused.
+    * the text of each block a template renders through ``block()`` or ``blocks()`` (a
+      macro and its values), by the template and the values' identity: an unchanged
+      virtual server is one dictionary lookup, not a template run, and ``blocks()`` joins
+      a whole list of them in one call from the template.  A template edited on disk is
+      a new Template object, so nothing rendered from the old one is reused.
+
+    Each cache holds what this pass and the last one used, and nothing else.
     """
 
     def __init__(self, template_dirs: Sequence[Path]) -> None:
@@ -267,18 +273,33 @@ class Renderer:
             keep_trailing_newline=True,
         )
         self.env.globals["block"] = self._block
+        self.env.globals["blocks"] = self._blocks
         self.values: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = (
             Generations()
         )
-        self.by_identity: IdentityMemo[Values] = IdentityMemo()
-        self.blocks: Generations[tuple[int, str, int], tuple[object, Values, str]] = Generations()
+        self._by_id: dict[int, tuple[object, Values]] = {}
+        """This pass's and the last pass's values by the id of their model object (the
+        entry keeps the object alive, so its id is no other object's)."""
+        self._by_id_last: dict[int, tuple[object, Values]] = {}
+        self.blocks: dict[tuple[int, str, int], tuple[object, Values, str]] = {}
+        """The text of each block this pass rendered, by (template, macro, values) ids."""
+        self._blocks_last: dict[tuple[int, str, int], tuple[object, Values, str]] = {}
         self._template: jinja2.Template | None = None
 
-    def _values(self, obj: VrrpInstance | VirtualServer | ProxyListener) -> Values:
-        convert = _CONVERT[type(obj)]
-        return self.by_identity.get(
-            (obj,), None, compute=lambda: self.values.get(obj, lambda: convert(obj))
-        )
+    def _values(self, objs: Sequence[VrrpInstance | VirtualServer | ProxyListener]) -> list[Values]:
+        """The template values of each of ``objs``: by identity first (translate hands
+        back the very objects of an unchanged Service: one dict lookup), by equality
+        next."""
+        now, last, out = self._by_id, self._by_id_last, []
+        for obj in objs:
+            key = id(obj)
+            entry = now.get(key) or last.get(key)
+            if entry is None or entry[0] is not obj:
+                convert = _CONVERT[type(obj)]
+                entry = (obj, self.values.get(obj, lambda: convert(obj)))  # noqa: B023
+            now[key] = entry
+            out.append(entry[1])
+        return out
 
     def _block(self, macro: Any, values: Values) -> str:
         """``macro(values)``, rendered once per template and values object."""
@@ -287,20 +308,44 @@ class Renderer:
         key = (id(template), str(macro.name), id(values))
         # the entry keeps the template and the values alive, so while it exists their ids
         # cannot belong to other objects
-        return self.blocks.get(key, lambda: (template, values, str(macro(values))))[2]
+        entry = self.blocks.get(key) or self._blocks_last.get(key)
+        if entry is None:
+            entry = (template, values, str(macro(values)))
+        self.blocks[key] = entry
+        return entry[2]
+
+    def _blocks(self, macro: Any, items: Sequence[Values]) -> str:
+        """``block(macro, item)`` for every item, joined: one template call for all of
+        them (a call from a template loop costs microseconds, thousands of them a
+        pass).  The loop of ``_block``, written out: it runs for every object."""
+        template = self._template
+        assert template is not None
+        name, tid = str(macro.name), id(template)
+        now, last = self.blocks, self._blocks_last
+        out = []
+        for values in items:
+            key = (tid, name, id(values))
+            entry = now.get(key) or last.get(key)
+            if entry is None:
+                entry = (template, values, str(macro(values)))
+            now[key] = entry
+            out.append(entry[2])
+        return "".join(out)
 
     def context(self, state: DesiredState) -> dict[str, Any]:
         """The plain values the templates see (templates must not mutate them)."""
-        for cache in (self.values, self.by_identity, self.blocks):
-            cache.turn()
+        # what neither this pass nor the last used is forgotten
+        self.values.turn()
+        self._by_id_last, self._by_id = self._by_id, {}
+        self._blocks_last, self.blocks = self.blocks, {}
         values = self._values
         return {
             "router_id": _safe(state.router_id),
             "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
             "track_files": [_track_file(t) for t in state.track_files],
-            "instances": [values(i) for i in state.instances],
-            "virtual_servers": [values(v) for v in state.virtual_servers],
-            "listeners": [values(x) for x in state.listeners],
+            "instances": values(state.instances),
+            "virtual_servers": values(state.virtual_servers),
+            "listeners": values(state.listeners),
             "apiserver": _apiserver(state.apiserver) if state.apiserver else None,
             "stats_socket": _safe(state.haproxy_stats_socket),
             "node": _safe(state.router_id),

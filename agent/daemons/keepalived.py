@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import psutil
-
 from agent import validate
 from agent.daemons.process import Clock, ReloadOutcome, Supervised, read_pid
 from agent.daemons.spec import ConfigFile, Hook
@@ -138,6 +136,8 @@ class Keepalived(Supervised):
                 log.error("keepalived: cannot release the VIPs: %s", err)
 
     def _children(self) -> int:
+        import psutil  # not at the top: `render --dry-run` runs no daemon
+
         count = 0
         for pidfile in (self.vrrp_pidfile, self.checkers_pidfile):
             pid = read_pid(pidfile)

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-import psutil
+if TYPE_CHECKING:  # imported where used: `render --dry-run` runs no daemon
+    import psutil
 
 log = logging.getLogger("vip-agent.daemons")
 
@@ -75,6 +76,8 @@ def read_pid(pidfile: Path) -> int | None:
 
 def verified_process(pidfile: Path, *, exe: str, config: Path) -> psutil.Process | None:
     """The process in ``pidfile`` if it really is ``exe`` running ``config`` (pids get reused)."""
+    import psutil
+
     pid = read_pid(pidfile)
     if pid is None:
         return None
@@ -141,6 +144,8 @@ class Child:
         return self.adopted.pid if self.adopted is not None else None
 
     def alive(self) -> bool:
+        import psutil
+
         if self.popen is not None:
             return self.popen.poll() is None
         if self.adopted is not None:
@@ -254,6 +259,8 @@ def _signal_group(group: int, sig: int) -> bool:
 
 def _live_members(group: int) -> list[int]:
     """Pids in a process group that are not zombies."""
+    import psutil
+
     found = []
     for proc in psutil.process_iter(["status"]):
         try:

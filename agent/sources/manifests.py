@@ -15,12 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from agent.core.snapshot import Snapshot
-
-# libyaml is an order of magnitude faster on large clusters
-_Loader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -60,8 +55,12 @@ def read_stream(stream: TextIO, origin: str) -> list[Mapping[str, Any]]:
         except json.JSONDecodeError as err:
             raise ManifestError(f"{origin}: not valid JSON: {err}") from None
     else:
+        import yaml  # not at the top: JSON input never needs it
+
+        # libyaml is an order of magnitude faster on large clusters
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            docs = list(yaml.load_all(text, Loader=_Loader))
+            docs = list(yaml.load_all(text, Loader=loader))
         except yaml.YAMLError as err:
             raise ManifestError(f"{origin}: not valid YAML: {err}") from None
     out: list[Mapping[str, Any]] = []

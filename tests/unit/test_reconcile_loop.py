@@ -11,9 +11,11 @@ from pathlib import Path
 from agent.apply import Target
 from agent.assets import template_dirs
 from agent.core.snapshot import Snapshot
+from agent.daemons import ReloadOutcome
 from agent.reconcile import Agent
 from agent.settings import Settings
 from agent.validate import CheckResult
+from labkit import objects
 
 
 class ChangesDuringTheFirstPass:
@@ -142,3 +144,116 @@ def test_a_burst_is_reconciled_a_few_times_and_its_last_event_lands(tmp_path: Pa
         assert min(gaps) >= 0.19, gaps
     finally:
         stop.set()
+
+
+class SlowReload:
+    """keepalived with thousands of virtual servers: a reload confirms only when the test
+    lets it.  Counts how many reloads ran at once and what file each one read."""
+
+    name = "keepalived"
+    restarts = 0
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.release = threading.Event()
+        self.read: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.up = False
+
+    def start(self) -> None:
+        self.up = True
+
+    def running(self) -> bool:
+        return self.up
+
+    def reload(self) -> ReloadOutcome:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.read.append(self.config.read_text())
+        self.release.wait(10)
+        self.in_flight -= 1
+        return ReloadOutcome(True, "released", 0.0)
+
+    def supervise(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self.up = False
+
+
+class Endpoint:
+    """A source with one Service whose one endpoint the test moves."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.notify: Callable[[], None] = lambda: None
+        self.address = "203.0.113.1"
+
+    def start(self, notify: Callable[[], None]) -> None:
+        self.notify = notify
+
+    def move(self, address: str) -> None:
+        self.address = address
+        self.notify()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot.from_objects(
+            [
+                objects.configmap({"192.0.2.50": "default/web"}),
+                objects.service("web", [objects.port("http", 80, 8080)]),
+                objects.endpoint_slice(
+                    "web", [objects.port("http", 8080)], [objects.endpoint(self.address)]
+                ),
+            ]
+        )
+
+    def stop(self) -> None:
+        return None
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_files_go_on_being_installed_while_keepalived_confirms_a_reload(tmp_path: Path) -> None:
+    """A slow reload does not hold the loop: later changes are rendered, checked and
+    installed meanwhile; one reload at a time, and the next one reads the last file."""
+    config = tmp_path / "keepalived.conf"
+    keepalived, source = SlowReload(config), Endpoint()
+    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
+    agent = Agent(
+        settings=Settings(
+            interface="eth0", coalesce_seconds=0.01, keepalived_reload_interval=0, spread=False
+        ),
+        source=source,
+        daemons={"keepalived": keepalived},
+        targets=[Target("keepalived.conf", config, 0o600, accept)],
+        template_dirs=lambda: template_dirs(None),
+        node_name="n1",
+        interface="eth0",
+    )
+    stop = threading.Event()
+    loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: keepalived.up and config.exists())
+        source.move("203.0.113.2")
+        wait_for(lambda: len(keepalived.read) == 1)  # in flight, held
+        assert "203.0.113.2" in keepalived.read[0]
+        for last in ("203.0.113.3", "203.0.113.4"):
+            source.move(last)
+            wait_for(lambda: last in config.read_text())  # noqa: B023 - waited on at once
+        assert len(keepalived.read) == 1, "a second reload began while one was in flight"
+        keepalived.release.set()
+        wait_for(lambda: len(keepalived.read) == 2)
+        assert "203.0.113.4" in keepalived.read[1], "the reload after it read the last file"
+        time.sleep(0.1)
+        assert len(keepalived.read) == 2 and keepalived.most_in_flight == 1
+    finally:
+        keepalived.release.set()
+        stop.set()
+        loop.join(timeout=5)

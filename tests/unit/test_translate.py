@@ -5,8 +5,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
+from agent.core import grammar
 from agent.core.model import DesiredState, HealthCheck, Method, Protocol
 from agent.core.snapshot import Snapshot
 from agent.core.translate import PlanMemo, parse_configmap_key, priority_for, translate
@@ -402,3 +405,19 @@ def test_memoized_translation_equals_a_fresh_one_as_objects_change() -> None:
     # the steps exercise what they claim: the slot is contested only while the
     # vip-configmap also asks for 192.0.2.60
     assert collided == [True, False, True, True, False]
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(
+    st.integers(0, 2**128 - 1)
+    | st.integers(0, 2**32 - 1)
+    | st.integers(0, 2**32 - 1).map(lambda n: n | 0xFFFF << 32)
+    | st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xDB8]), min_size=8, max_size=8).map(
+        lambda groups: int.from_bytes(b"".join(g.to_bytes(2, "big") for g in groups), "big")
+    )
+)
+def test_ip_text_is_what_ipaddress_writes(number: int) -> None:
+    address = ipaddress.IPv6Address(number)
+    assert grammar.ip_text(address) == str(address)
+    if number < 2**32:
+        assert grammar.ip_text(ipaddress.IPv4Address(number)) == str(ipaddress.IPv4Address(number))

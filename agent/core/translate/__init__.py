@@ -5,7 +5,9 @@ The steps, one module each:
   * ``requests``: which VIP each source asks for (vip-configmap, LoadBalancer Services);
   * ``endpoints``: Service ports and the ready endpoints serving them;
   * ``forwarding``: what a request becomes (virtual servers, listeners), slots claimed
-    first come first served, plans memoized in a caller-owned :class:`PlanMemo`;
+    first come first served;
+  * ``passes``: what one translation keeps for the next in a caller-owned
+    :class:`PlanMemo`, so that a change costs in proportion to what it changed;
   * ``vrrp`` and ``control_plane``: instances, ids, priorities, peers, the apiserver
     frontend and its health track file.
 
@@ -76,15 +78,10 @@ from agent.core.translate.control_plane import (
     ControlPlane,
     control_plane,
 )
-from agent.core.translate.forwarding import (
-    ANNOTATION_SCHEDULER,
-    Forwarding,
-    PlanMemo,
-    Slot,
-    forward,
-)
+from agent.core.translate.forwarding import ANNOTATION_SCHEDULER, Slot
 from agent.core.translate.nodes import NodeView, every_node_address, node_view
 from agent.core.translate.ownership import Ownership
+from agent.core.translate.passes import Admission, Forwarded, PlanMemo
 from agent.core.translate.requests import (
     ANNOTATION_LB_IPS,
     ANNOTATION_METHOD,
@@ -94,7 +91,6 @@ from agent.core.translate.requests import (
     ServiceAsks,
     VipRequest,
     parse_configmap_key,
-    service_requests,
 )
 from agent.core.translate.vrrp import LOCAL_PENALTY, priority_for, service_instances, vrid_for
 from agent.settings import Mode, Settings
@@ -142,28 +138,29 @@ def translate(
     forbidden = Forbidden(node_addresses=every_node_address(snapshot), host=host or HostFacts())
     cp_vip = _control_plane_vip(settings, forbidden=forbidden, rej=rej)
     pools = read_pools(snapshot, settings, rej=rej)
-    asks = service_requests(snapshot, rej)
+    asks = memo.service_requests(snapshot, rej=rej)
     cm_requests = memo.configmap_requests(snapshot, settings, rej=rej)
-    ownership = Ownership(control_plane_vip=cp_vip, forbidden=forbidden, pools=pools)
-    admitted = [r for r in (*cm_requests, *asks.requests) if ownership.admit(r, rej)]
-    forwarding = Forwarding(virtual_servers={}, listeners={}, local_vips={})
-    taken: set[Slot] = set()
+    admission = memo.admit(
+        [*cm_requests, *asks.requests],
+        control_plane_vip=cp_vip,
+        forbidden=forbidden,
+        pools=pools,
+        rej=rej,
+    )
+    ownership = admission.ownership
+    taken: frozenset[Slot] = frozenset()
     if cp_vip is not None:
-        taken.add((cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port))
-    vips = ownership.vips
-    for request in admitted:
-        if request.method is not None:
-            forward(
-                request,
-                snapshot=snapshot,
-                settings=settings,
-                node_name=node_name,
-                memo=memo,
-                vips=vips,
-                taken=taken,
-                out=forwarding,
-                rej=rej,
-            )
+        taken = frozenset(
+            {(cp_vip.version, int(cp_vip), Protocol.TCP.value, settings.control_plane_port)}
+        )
+    forwarding = memo.forward(
+        admission,
+        snapshot=snapshot,
+        settings=settings,
+        node_name=node_name,
+        initial=taken,
+        rej=rej,
+    )
     allocations = _allocations(
         asks,
         cm_requests,
@@ -178,8 +175,7 @@ def translate(
     if cp_vip is not None and nodes.serves_control_plane:
         cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
     if not nodes.serves_services:
-        forwarding.virtual_servers.clear()
-        forwarding.listeners.clear()
+        forwarding = Forwarded(virtual_servers=(), listeners=(), local_vips=forwarding.local_vips)
     bgp = None
     instances: list[VrrpInstance] = []
     if settings.mode is Mode.BGP:
@@ -195,19 +191,18 @@ def translate(
     else:
         instances = _vrrp_instances(
             cp,
-            ownership,
+            admission,
             forwarding=forwarding,
             settings=settings,
             interface=interface,
             nodes=nodes,
+            memo=memo,
         )
     return DesiredState(
         router_id=node_name,
         instances=tuple(instances),
-        virtual_servers=tuple(
-            forwarding.virtual_servers[k] for k in sorted(forwarding.virtual_servers)
-        ),
-        listeners=tuple(forwarding.listeners[k] for k in sorted(forwarding.listeners)),
+        virtual_servers=forwarding.virtual_servers,
+        listeners=forwarding.listeners,
         apiserver=cp.apiserver if cp is not None else None,
         track_files=(cp.track_file,) if cp is not None and bgp is None else (),
         haproxy_stats_socket=settings.haproxy_stats_socket,
@@ -223,22 +218,27 @@ def translate(
 
 def _vrrp_instances(
     cp: ControlPlane | None,
-    ownership: Ownership,
+    admission: Admission,
     *,
-    forwarding: Forwarding,
+    forwarding: Forwarded,
     settings: Settings,
     interface: str,
     nodes: NodeView,
+    memo: PlanMemo,
 ) -> list[VrrpInstance]:
     """VRRP mode: the control-plane instance, then the service instances."""
     instances = [cp.instance] if cp is not None else []
     if nodes.serves_services:
-        instances += service_instances(
-            ownership.owners,
-            local_vips=forwarding.local_vips,
-            settings=settings,
-            interface=interface,
-            nodes=nodes,
+        owners = admission.ownership.owners
+        instances += memo.instances(
+            (owners, forwarding.local_vips, settings, interface, nodes),
+            lambda: service_instances(
+                owners,
+                local_vips=forwarding.local_vips,
+                settings=settings,
+                interface=interface,
+                nodes=nodes,
+            ),
         )
     return instances
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.core import grammar
 from agent.core.addresses import endpoint_reason
@@ -25,8 +25,10 @@ class Port:
     target: int | str
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
+    """One ready endpoint serving a port (a tuple: a large cluster makes tens of
+    thousands, and a frozen dataclass costs four times as much to make)."""
+
     address: IPAddress
     port: int
     node: str | None
@@ -107,20 +109,23 @@ def _slice_endpoints(
         number = _port_number(item.get("ports"), port, site=site, key="ports.port")
         if number is None:
             continue
+        version = int(address_type[-1])
         for index, ep in enumerate(as_list(item.get("endpoints"))):
             ep = as_mapping(ep)
             addresses = as_list(ep.get("addresses"))
             if not _ready(as_mapping(ep.get("conditions"))) or not addresses:
                 continue
-            # addresses of one endpoint are fungible; kube-proxy uses the first
-            where = f"endpoints[{index}]"
-            address = site.parse(
-                grammar.parse_ip, addresses[0], code=Reason.BAD_ADDRESS, key=f"{where}.addresses"
-            )
-            if address is None:
+            # addresses of one endpoint are fungible; kube-proxy uses the first.  (Keys
+            # are spelled out only for a rejection: this loop runs for every endpoint.)
+            try:
+                address = grammar.parse_ip(addresses[0])
+            except ValueError as err:
+                site.add(Reason.BAD_ADDRESS, key=f"endpoints[{index}].addresses", reason=str(err))
                 continue
-            if address.version != int(address_type[-1]):
-                site.add(Reason.ADDRESS_FAMILY, key=where, reason="wrong address family")
+            if address.version != version:
+                site.add(
+                    Reason.ADDRESS_FAMILY, key=f"endpoints[{index}]", reason="wrong address family"
+                )
                 continue
             found.append(Endpoint(address, number, as_str(ep.get("nodeName"))))
     return found
@@ -141,13 +146,11 @@ def _core_endpoints(
         # notReadyAddresses are left out on purpose: only ready endpoints serve
         for a_index, entry in enumerate(as_list(subset.get("addresses"))):
             entry = as_mapping(entry)
-            address = site.parse(
-                grammar.parse_ip,
-                entry.get("ip"),
-                code=Reason.BAD_ADDRESS,
-                key=f"subsets[{s_index}].addresses[{a_index}].ip",
-            )
-            if address is None:
+            try:
+                address = grammar.parse_ip(entry.get("ip"))
+            except ValueError as err:
+                key = f"subsets[{s_index}].addresses[{a_index}].ip"
+                site.add(Reason.BAD_ADDRESS, key=key, reason=str(err))
                 continue
             if family is not None and address.version != family:
                 continue

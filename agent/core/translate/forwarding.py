@@ -1,9 +1,9 @@
 """Forwarding: what each VIP request becomes (IPVS virtual servers, haproxy listeners).
 
 A request's plan depends on its Service and endpoint objects alone, so it is memoized
-on their identity (:class:`PlanMemo`, owned by the caller); which VIP:port slots earlier
-requests took is settled when the plan is replayed (:func:`forward`), first come first
-served.
+on their identity (:class:`Plans`, held by the caller's
+:class:`agent.core.translate.passes.PlanMemo`); which VIP:port slots earlier requests
+took is settled when the plan is replayed (:func:`replay`), first come first served.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from agent.core.translate.endpoints import (
     endpoints_for,
     service_ports,
 )
-from agent.core.translate.requests import VipRequest, configmap_requests
+from agent.core.translate.requests import VipRequest
 from agent.settings import SCHEDULERS, RealServerCheck, Settings
 
 ANNOTATION_SCHEDULER = "vip-agent.io/scheduler"
@@ -281,38 +281,15 @@ def _virtual_server(
     )
 
 
-class PlanMemo:
+class Plans:
     """Forwarding plans of the last two translations, by the identity of the objects they
-    were made from (see agent.core.memo).  The caller owns it and passes it to every
-    translation it wants to share work between; a translation without one starts cold."""
+    were made from (see agent.core.memo)."""
 
     def __init__(self) -> None:
         self._plans: IdentityMemo[ForwardPlan] = IdentityMemo()
-        self._configmap: IdentityMemo[tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]] = (
-            IdentityMemo()
-        )
 
     def turn(self) -> None:
         self._plans.turn()
-        self._configmap.turn()
-
-    def configmap_requests(
-        self, snapshot: Snapshot, settings: Settings, *, rej: Rejections
-    ) -> list[VipRequest]:
-        """The vip-configmap's requests (agent.core.translate.requests), parsed again only
-        when the ConfigMap is another object than last time: thousands of entries cost
-        10 us each, on every pass."""
-        cm = snapshot.configmaps.get(settings.configmap_ref)
-
-        def parse() -> tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]:
-            own = Rejections()
-            return tuple(configmap_requests(snapshot, settings, rej=own)), tuple(own.items)
-
-        found, rejections = (
-            parse() if cm is None else self._configmap.get((cm,), settings, compute=parse)
-        )
-        rej.items.extend(rejections)
-        return list(found)
 
     def plan(
         self,
@@ -343,35 +320,41 @@ class PlanMemo:
         return len(self._plans)
 
 
-def forward(
+def plan_for(
     request: VipRequest,
     *,
     snapshot: Snapshot,
     settings: Settings,
     node_name: str,
-    memo: PlanMemo,
+    plans: Plans,
     vips: frozenset[IPAddress],
-    taken: set[Slot],
-    out: Forwarding,
     rej: Rejections,
-) -> None:
-    """Claim the VIP:port slots of ``request`` that are still free, first come first served."""
+) -> ForwardPlan | None:
+    """The plan of ``request`` (None, with the rejection, when its Service is missing or
+    an ExternalName)."""
     assert request.service is not None and request.method is not None
     service = snapshot.services.get(request.service)
     svc_ref = "/".join(request.service)
-    where = {"kind": request.kind, "obj": request.obj, "key": request.key}
     if service is None:
         rej.add(
             Reason.SERVICE_NOT_FOUND,
-            **where,
+            kind=request.kind,
+            obj=request.obj,
+            key=request.key,
             reason=f"service {svc_ref} not found; VIP held without virtual servers",
         )
-        return
+        return None
     if as_mapping(service.get("spec")).get("type") == "ExternalName":
-        rej.add(Reason.EXTERNAL_NAME, **where, reason=f"service {svc_ref} is ExternalName")
-        return
+        rej.add(
+            Reason.EXTERNAL_NAME,
+            kind=request.kind,
+            obj=request.obj,
+            key=request.key,
+            reason=f"service {svc_ref} is ExternalName",
+        )
+        return None
     endpoint_objs = endpoint_objects(snapshot, request.service)
-    plan = memo.plan(
+    plan = plans.plan(
         request,
         service=service,
         endpoint_objs=endpoint_objs,
@@ -388,13 +371,22 @@ def forward(
             node_name=node_name,
             vips=vips,
         )
+    return plan
+
+
+def replay(
+    request: VipRequest, plan: ForwardPlan, *, taken: set[Slot], out: Forwarding, rej: Rejections
+) -> None:
+    """Claim the VIP:port slots of ``plan`` that are still free, first come first served."""
     rej.items.extend(plan.rejections)
     has_local = False
     for port in plan.ports:
         if port.slot in taken:
             rej.add(
                 Reason.DUPLICATE,
-                **where,
+                kind=request.kind,
+                obj=request.obj,
+                key=request.key,
                 reason=(
                     f"{request.vip} {port.slot[2]}/{port.slot[3]} already used; "
                     f"{port.where} skipped"

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, assert_never, cast
 
-from agent.core.snapshot import Key, Obj, Snapshot
+from agent.core.snapshot import Key, Obj, SliceGroups, Snapshot
 from agent.settings import Settings
 from agent.sources.kube.resources import (
     ENDPOINT_SLICES,
@@ -109,6 +109,8 @@ class KubeSource:
         self._notify: Callable[[], None] = lambda: None
         self._snapshot: Snapshot | None = None
         self._generation = 0
+        self._slices = SliceGroups()
+        """The EndpointSlices by Service, kept as they change (when slices are watched)."""
 
         def kind(name: str, resolve: Callable[[], Resource]) -> Kind:
             watch = Watch(
@@ -191,7 +193,7 @@ class KubeSource:
             # stores are keyed (namespace, name), Nodes by name: what Snapshot expects
             self._snapshot = Snapshot.build(
                 services=cast(Mapping[Key, Obj], self.services.store),
-                slices=ep_store.values() if slices_kind else (),
+                grouped_slices=self._slices.grouped() if slices_kind else {},
                 endpoints={} if slices_kind else cast(Mapping[Key, Obj], ep_store),
                 configmaps=cast(
                     Mapping[Key, Obj],
@@ -259,6 +261,11 @@ class KubeSource:
             )
             kind.store = items
             kind.resource = resource
+            if kind is self.endpoints:
+                self._slices = SliceGroups()
+                if resource is ENDPOINT_SLICES:
+                    for key, obj in items.items():
+                        self._slices.put(key, obj)
             kind.synced = True
             kind.lists += 1
             newly_synced = not self._synced.is_set() and all(k.synced for k in self.kinds)
@@ -274,6 +281,8 @@ class KubeSource:
         with self._lock:
             same = same_but_for_version(kind.store.get(key), obj)
             kind.store[key] = obj
+            if kind is self.endpoints and kind.resource is ENDPOINT_SLICES:
+                self._slices.put(key, obj)
             self._snapshot = None  # keep resourceVersions current for write-back
             if not same:
                 self._generation += 1
@@ -283,6 +292,8 @@ class KubeSource:
     def _delete(self, kind: Kind, key: StoreKey) -> None:
         with self._lock:
             found = kind.store.pop(key, None) is not None
+            if kind is self.endpoints:
+                self._slices.remove(key)
             if found:
                 self._snapshot = None
                 self._generation += 1
