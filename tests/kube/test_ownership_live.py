@@ -133,13 +133,15 @@ def test_agents_allocate_from_pools_and_the_next_holder_carries_on(
             timeout=30,
         )
         assert address_of(cluster, ns, "waiting") is None
-        # two go away: the waiting one gets the lowest address freed
+        # two go away: the waiting one gets a freed address. Which one depends on whether
+        # the holder's pass saw both deletions (then the lower) or only the first: a lone
+        # change is applied at once, so the first address freed may be given at once.
         cluster.delete("Service", ns, "svc-03")
         cluster.delete("Service", ns, "svc-07")
-        freed = min(given["svc-03"], given["svc-07"], key=int)
+        freed = {str(given["svc-03"]), str(given["svc-07"])}
         eventually(
-            lambda: address_of(cluster, ns, "waiting") == str(freed),
-            what="the freed address allocated",
+            lambda: address_of(cluster, ns, "waiting") in freed,
+            what="a freed address allocated",
             timeout=30,
         )
 
