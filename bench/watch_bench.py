@@ -64,6 +64,7 @@ NODE_ADDRESSES = {ipaddress.ip_address(f"198.51.100.{200 + k}") for k in range(N
 # wait for virtual servers that are rightly never written
 V4_HOSTS = [h for net in V4_POOLS for h in list(net.hosts())[1:] if h not in NODE_ADDRESSES]
 CHANGE_POOL = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking addresses
+CHANGE_POOL6 = ipaddress.ip_network("2001:db8:3::/112")
 
 
 def vip(i: int) -> str:
@@ -362,6 +363,7 @@ class Changes:
         self.api = api
         self.rng = rng
         self.pool = iter(CHANGE_POOL.hosts())
+        self.pool6 = iter(CHANGE_POOL6.hosts())
         self.ports: dict[int, int] = {}
 
     def make(self, n: int, count: int) -> tuple[str, str]:
@@ -399,12 +401,13 @@ def burst(api: Any, child: Child, changes: Changes, count: int, size: int) -> No
     and how long after the last one was accepted the file held them all."""
     base = f"/api/v1/namespaces/{NAMESPACE}"
     merge = "application/merge-patch+json"
-    v4 = [i for i in range(count) if ipaddress.ip_address(vip(i)).version == 4]
-    picks = changes.rng.sample(v4, min(size, len(v4)))
+    picks = changes.rng.sample(range(count), min(size, count))
     markers = []
     bodies = []
     for i in picks:
-        new_ip = str(next(changes.pool))
+        # the new address of the VIP's family (an IPv6 VIP takes IPv6 real servers)
+        v4 = ipaddress.ip_address(vip(i)).version == 4
+        new_ip = str(next(changes.pool if v4 else changes.pool6))
         markers.append(f"real_server {new_ip} 8080")
         bodies.append(
             (
