@@ -123,8 +123,13 @@ def test_cold_start_establishes_with_md5_and_bfd(bfd: BfdMode, report: list[str]
         assert lab.router_routes(VIP6) == {node.address6}
         assert lab.fib_nodes(f"{VIP4}/32") == lab.fib_nodes(f"{VIP6}/128") == {"n1"}
         # FRR re-binds its BFD session to the session's addresses when BGP first comes up;
-        # when BIRD's BFD was already Up it sees Up -> Down and restarts BGP once
-        assert session.established in (1, 2)
+        # when BIRD's BFD was already Up it sees Up -> Down and restarts BGP once.  Under
+        # load bgpd may also reset a session that opened before it had applied the
+        # address families ("No AFI/SAFI activated for peer", seen once in CI): once more.
+        reset_for_afi = "AFI/SAFI" in (session.last_reset or "")
+        assert session.established in (1, 2) or (session.established == 3 and reset_for_afi), (
+            session
+        )
         assert up < 10.0
         report.append(
             f"cold start (MD5, bfd {bfd}): Established with BFD Up {up:.2f} s after BIRD "
