@@ -1030,13 +1030,12 @@ class Soak:
             # may stay a zombie until init reaps it, holding no address and no socket.
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc = psutil.Process(pid)
-                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.create_time() == created and _alive(proc):
                     self.violation("4", stopped, f"{what} pid {pid} outlived its agent")
         for rig in self.rigs.values():
             for pid in rig.agent_started:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    proc = psutil.Process(pid)
-                    if proc.status() != psutil.STATUS_ZOMBIE:
+                    if _alive(psutil.Process(pid)):
                         self.violation("4", stopped, f"agent {rig.name} pid {pid} still alive")
             for daemon in (rig.keepalived(), rig.haproxy()):
                 if daemon is not None:
