@@ -124,7 +124,7 @@ def _render_once(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
     try:
-        files = render_mod.Renderer(template_dirs(settings)).render(
+        files = render_mod.Renderer(template_dirs(settings), once=True).render(
             state, outputs(config_files_for(settings))
         )
     except (render_mod.RenderError, assets.NoTemplates) as err:

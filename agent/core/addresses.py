@@ -126,7 +126,7 @@ def reserved_reason(address: IPAddress) -> str | None:
 
 def endpoint_reason(address: IPAddress, vips: frozenset[IPAddress]) -> str | None:
     """Why an endpoint may not become a real server or haproxy server, or None."""
-    if address in vips:
+    if vips and address in vips:  # (an address hashes slowly; memoized plans pass none)
         return "is a VIP"
     return reserved_reason(address)
 

@@ -258,10 +258,13 @@ class Renderer:
       a whole list of them in one call from the template.  A template edited on disk is
       a new Template object, so nothing rendered from the old one is reused.
 
-    Each cache holds what this pass and the last one used, and nothing else.
+    Each cache holds what this pass and the last one used, and nothing else.  A one-shot
+    render (``once=True``: the dry run) has no next pass to keep anything for, and skips
+    the equality lookups, which hash every model object deeply.
     """
 
-    def __init__(self, template_dirs: Sequence[Path]) -> None:
+    def __init__(self, template_dirs: Sequence[Path], *, once: bool = False) -> None:
+        self.once = once
         self.template_dirs = tuple(Path(d) for d in template_dirs)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader([str(d) for d in self.template_dirs]),
@@ -296,7 +299,10 @@ class Renderer:
             entry = now.get(key) or last.get(key)
             if entry is None or entry[0] is not obj:
                 convert = _CONVERT[type(obj)]
-                entry = (obj, self.values.get(obj, lambda: convert(obj)))  # noqa: B023
+                if self.once:
+                    entry = (obj, convert(obj))
+                else:
+                    entry = (obj, self.values.get(obj, lambda: convert(obj)))  # noqa: B023
             now[key] = entry
             out.append(entry[1])
         return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.core.model import Reason, Rejection
@@ -27,13 +26,16 @@ class Rejections:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
 class Site:
-    """One object's rejections (see :meth:`Rejections.on`)."""
+    """One object's rejections (see :meth:`Rejections.on`).  A plain class: one is made
+    for every object read, and a frozen dataclass costs several times as much to make."""
 
-    rejections: Rejections
-    kind: str
-    obj: str
+    __slots__ = ("kind", "obj", "rejections")
+
+    def __init__(self, rejections: Rejections, kind: str, obj: str) -> None:
+        self.rejections = rejections
+        self.kind = kind
+        self.obj = obj
 
     def add(self, code: Reason, *, key: str, reason: str) -> None:
         self.rejections.add(code, kind=self.kind, obj=self.obj, key=key, reason=reason)
@@ -53,13 +55,18 @@ def as_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Parsed JSON and YAML hold plain dicts: ``type(x) is dict`` answers for them before the
+# abstract Mapping check, which costs several times as much (these run for every field read).
+
+
 def meta_of(obj: Obj) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
+    return as_mapping(obj.get("metadata"))
 
 
 def as_mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    return {}
 
 
 def as_list(value: object) -> list[Any]:

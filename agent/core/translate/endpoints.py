@@ -7,7 +7,6 @@ Endpoints; a named targetPort is resolved the way kube-proxy resolves it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from agent.core import grammar
@@ -17,8 +16,9 @@ from agent.core.snapshot import Key, Obj, Snapshot
 from agent.core.translate.common import Rejections, Site, as_list, as_mapping, as_str, meta_of
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(NamedTuple):
+    """A Service port, validated (a tuple: see ``Endpoint``)."""
+
     name: str
     port: int
     protocol: Protocol
@@ -99,24 +99,31 @@ def _slice_endpoints(
     found: list[Endpoint] = []
     for item in slices:
         address_type = item.get("addressType")
-        if address_type not in ("IPv4", "IPv6"):
+        if address_type == "IPv4":
+            version = 4
+        elif address_type == "IPv6":
+            version = 6
+        else:
             continue
-        if family is not None and address_type != f"IPv{family}":
+        if family is not None and version != family:
             continue
-        site = rej.on(
-            "EndpointSlice", f"{meta_of(item).get('namespace')}/{meta_of(item).get('name')}"
-        )
+        meta = meta_of(item)
+        site = rej.on("EndpointSlice", f"{meta.get('namespace')}/{meta.get('name')}")
         number = _port_number(item.get("ports"), port, site=site, key="ports.port")
         if number is None:
             continue
-        version = int(address_type[-1])
+        # This loop runs for every endpoint of the cluster: the reads of ``as_mapping``
+        # and ``_ready`` are written out, and keys are spelled only for a rejection.
         for index, ep in enumerate(as_list(item.get("endpoints"))):
-            ep = as_mapping(ep)
-            addresses = as_list(ep.get("addresses"))
-            if not _ready(as_mapping(ep.get("conditions"))) or not addresses:
+            if type(ep) is not dict:
+                ep = as_mapping(ep)
+            addresses = ep.get("addresses")
+            if not addresses or type(addresses) is not list:
                 continue
-            # addresses of one endpoint are fungible; kube-proxy uses the first.  (Keys
-            # are spelled out only for a rejection: this loop runs for every endpoint.)
+            conditions = ep.get("conditions")
+            if conditions and not _ready(as_mapping(conditions)):
+                continue
+            # addresses of one endpoint are fungible; kube-proxy uses the first
             try:
                 address = grammar.parse_ip(addresses[0])
             except ValueError as err:

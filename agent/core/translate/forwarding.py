@@ -9,6 +9,7 @@ took is settled when the plan is replayed (:func:`replay`), first come first ser
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.core import grammar
 from agent.core.memo import IdentityMemo
@@ -90,9 +91,11 @@ class Forwarding:
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
 
 
-@dataclass(frozen=True)
-class PortPlan:
-    """What one Service port becomes for one VIP, if its VIP:port slot is still free."""
+class PortPlan(NamedTuple):
+    """What one Service port becomes for one VIP, if its VIP:port slot is still free.
+
+    This and the other per-request records are tuples: a cold pass makes one for every
+    Service port, and a frozen dataclass costs several times as much to make."""
 
     slot: Slot
     where: str
@@ -104,18 +107,20 @@ class PortPlan:
     has_local: bool = False
 
 
-@dataclass(frozen=True)
-class ForwardPlan:
+class ForwardPlan(NamedTuple):
     rejections: tuple[Rejection, ...]
     """Service-wide: scheduler, persistence, port list."""
     ports: tuple[PortPlan, ...]
     local: bool
     servers: frozenset[IPAddress] = frozenset()
     """Every real server and haproxy server address the plan forwards to."""
+    slots: frozenset[Slot] = frozenset()
+    """Every slot of its ports."""
+    claims: frozenset[Slot] = frozenset()
+    """The slots of the ports that claim theirs (the same set when all do)."""
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(NamedTuple):
     """What every port of one request shares while its plan is made."""
 
     request: VipRequest
@@ -169,7 +174,16 @@ def make_plan(
             servers.update(rs.address for rs in port_plan.virtual_server.real_servers)
         if port_plan.listener is not None:
             servers.update(s.address for s in port_plan.listener.servers)
-    return ForwardPlan(tuple(head.items), ports, local, frozenset(servers))
+    slots = frozenset(p.slot for p in ports)
+    claims = frozenset(p.slot for p in ports if p.claims)
+    return ForwardPlan(
+        tuple(head.items),
+        ports,
+        local,
+        frozenset(servers),
+        slots,
+        slots if claims == slots else claims,
+    )
 
 
 def _port_plan(context: _Context, port: Port) -> PortPlan:

@@ -325,16 +325,15 @@ class PlanMemo:
             none = frozenset[Slot]()
             return _Entry(request, None, none, none, none, tuple(own.items), (), (), None)
         out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
-        slots = frozenset(p.slot for p in plan.ports)
-        prior = frozenset(s for s in slots if s in taken)
+        slots = plan.slots
+        prior = slots & taken
         replay(request, plan, taken=taken, out=out, rej=own)
-        claims = frozenset(p.slot for p in plan.ports if p.claims)
         # kept for every request between passes: as little as will do
         return _Entry(
             request,
             plan,
             slots,
-            slots if claims == slots else claims,
+            plan.claims,
             prior,
             tuple(own.items),
             tuple(out.virtual_servers.items()),
