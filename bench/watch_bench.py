@@ -21,9 +21,11 @@ What is measured
     * latency: from the moment the API server's answer to a patch has been read (the change
       is accepted) to the moment the new keepalived.conf is on disk (validated, os.replace
       done, seen through the child's Observer.applied), for ``--changes`` sequential
-      changes, alternating an Endpoints address change and a Service port change on
-      random Services, with the stages: watch delivery (answer -> first notify), wait for
-      the pass, translate, render + validate + apply;
+      changes, in turn an Endpoints address change, a Service port change (random
+      Services) and a vip-configmap change (a VIP added, or removed again: who owns
+      which VIP is decided again and the VRRP section changes), with the stages: watch
+      delivery (answer -> first notify), wait for the pass, translate, render + validate
+      + apply, for all and by kind;
     * a burst: ``--burst`` Endpoints changes sent as fast as the API server takes them
       (8 clients): how many passes the agent made and how long after the last change was
       accepted the file held every one of them;
@@ -65,6 +67,9 @@ NODE_ADDRESSES = {ipaddress.ip_address(f"198.51.100.{200 + k}") for k in range(N
 V4_HOSTS = [h for net in V4_POOLS for h in list(net.hosts())[1:] if h not in NODE_ADDRESSES]
 CHANGE_POOL = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking addresses
 CHANGE_POOL6 = ipaddress.ip_network("2001:db8:3::/112")
+# the VIP the vip-configmap changes add and remove (for an IPv4 Service: NAT keeps the
+# family); the pools above leave out each network's first host
+ADDED_VIP = "203.0.113.1"
 
 
 def vip(i: int) -> str:
@@ -262,15 +267,18 @@ class Child:
     def next(self, timeout: float) -> dict[str, Any]:
         return self.lines.get(timeout=timeout)
 
-    def wait_for_file(self, marker: str, timeout: float) -> dict[str, Any]:
-        """The first 'applied' record after which keepalived.conf contains ``marker``."""
+    def wait_for_file(self, marker: str, timeout: float, present: bool = True) -> dict[str, Any]:
+        """The first 'applied' record after which keepalived.conf contains ``marker`` (or,
+        ``present`` false, no longer does)."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{marker!r} not on disk within {timeout:g}s")
             record = self.next(remaining)
-            if "applied" in record and marker in (self.out / "keepalived.conf").read_text():
+            if "applied" not in record:
+                continue
+            if (marker in (self.out / "keepalived.conf").read_text()) == present:
                 return record
 
     def wait_for_reload(self, after: float, timeout: float) -> float:
@@ -365,13 +373,29 @@ class Changes:
         self.pool = iter(CHANGE_POOL.hosts())
         self.pool6 = iter(CHANGE_POOL6.hosts())
         self.ports: dict[int, int] = {}
+        self.added = False
 
-    def make(self, n: int, count: int) -> tuple[str, str]:
-        """Change a random IPv4 Service (n even: its Endpoints); (kind, marker in the file)."""
+    def make(self, n: int, count: int) -> tuple[str, str, bool]:
+        """Change a random IPv4 Service (n % 3 == 0: its Endpoints, 1: its port) or the
+        vip-configmap (2: add a VIP for it, or remove the one added last time); (kind,
+        marker in the file, whether the marker appears or goes)."""
         base = f"/api/v1/namespaces/{NAMESPACE}"
         merge = "application/merge-patch+json"
         i = self.rng.choice([i for i in range(count) if ipaddress.ip_address(vip(i)).version == 4])
-        if n % 2 == 0:
+        if n % 3 == 2:
+            # an admission change: who owns which VIP is decided again, VRRP changes
+            key = ADDED_VIP.replace(":", "-")
+            adding = not self.added
+            value = f"{NAMESPACE}/svc-{i}" if adding else None
+            self.api.request(
+                "PATCH",
+                f"{base}/configmaps/vip-configmap",
+                body={"data": {key: value}},
+                content_type=merge,
+            )
+            self.added = adding
+            return "vip-configmap", f"virtual_server {ADDED_VIP} ", adding
+        if n % 3 == 0:
             new_ip = str(next(self.pool))
             body = {
                 "subsets": [
@@ -385,7 +409,7 @@ class Changes:
                 ]
             }
             self.api.request("PATCH", f"{base}/endpoints/svc-{i}", body=body, content_type=merge)
-            return "Endpoints", f"real_server {new_ip} 8080"
+            return "Endpoints", f"real_server {new_ip} 8080", True
         port = 81 if self.ports.get(i, 80) == 80 else 80
         self.ports[i] = port
         spec = service(i)["spec"]
@@ -393,7 +417,7 @@ class Changes:
         self.api.request(
             "PATCH", f"{base}/services/svc-{i}", body={"spec": spec}, content_type=merge
         )
-        return "Service", f"virtual_server {vip(i)} {port} {{"
+        return "Service", f"virtual_server {vip(i)} {port} {{", True
 
 
 def burst(api: Any, child: Child, changes: Changes, count: int, size: int) -> None:
@@ -464,13 +488,14 @@ def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool)
     totals: list[float] = []
     reloads: list[float] = []
     stages: dict[str, list[float]] = {"watch": [], "coalesce": [], "translate": [], "render": []}
-    kinds: dict[str, list[float]] = {"Endpoints": [], "Service": []}
-    for n in range(runs + 5):  # the first 5 warm up
-        kind, marker = changes.make(n, count)
+    kinds: dict[str, list[float]] = {"Endpoints": [], "Service": [], "vip-configmap": []}
+    by_kind: dict[str, list[tuple[float, float]]] = {}
+    for n in range(runs + 6):  # the first 6 warm up
+        kind, marker, present = changes.make(n, count)
         accepted = time.monotonic()
-        record = child.wait_for_file(marker, timeout=30)
+        record = child.wait_for_file(marker, timeout=30, present=present)
         reloaded = child.wait_for_reload(record["applied"], timeout=60) if reload else None
-        if n >= 5:
+        if n >= 6:
             total = record["applied"] - accepted
             totals.append(total)
             kinds[kind].append(total)
@@ -481,6 +506,10 @@ def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool)
                 stages["coalesce"].append(record["snapshot"] - record["notify"])
                 stages["translate"].append(record["rendered"] - record["snapshot"])
                 stages["render"].append(record["applied"] - record["rendered"])
+                translated = record["rendered"] - record["snapshot"]
+                by_kind.setdefault(kind, []).append(
+                    (translated, record["applied"] - record["rendered"])
+                )
         # after a quiet moment: past keepalived's reload throttle (1 s) when it reloads
         time.sleep(1.1 if reload else changes.rng.uniform(0.2, 0.3))
     ms = 1000.0
@@ -491,13 +520,20 @@ def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool)
 
     gap = "1.1 s" if reload else "0.2-0.3 s"
     print(f"  {len(totals)} changes ({len(kinds['Endpoints'])} Endpoints, ", end="")
-    print(f"{len(kinds['Service'])} Service), one at a time, {gap} apart")
+    print(f"{len(kinds['Service'])} Service, {len(kinds['vip-configmap'])} vip-configmap: ", end="")
+    print(f"a VIP added or removed), one at a time, {gap} apart")
     print(f"  change accepted -> validated file on disk: {p50_99(totals)}, ", end="")
     print(f"max {max(totals) * ms:.0f} ms")
     if reloads:
         print(f"  change accepted -> keepalived reload confirmed: {p50_99(reloads)}")
     for kind, values in kinds.items():
-        print(f"    {kind:>9} changes: {p50_99(values)}")
+        split = by_kind.get(kind, [])
+        translate = percentile([t for t, _ in split], 50) * ms if split else float("nan")
+        rest = percentile([r for _, r in split], 50) * ms if split else float("nan")
+        print(
+            f"    {kind:>13} changes: {p50_99(values)} (p50 translate {translate:.0f} ms, "
+            f"render + validate + apply {rest:.0f} ms)"
+        )
     print("  stages (p50 / p99 ms):")
     for name, label in (
         ("watch", "watch delivery (answer -> notify)"),

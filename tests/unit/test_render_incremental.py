@@ -10,6 +10,7 @@ template edited on disk must show at once, with no block kept from the old one.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from agent.assets import template_dirs
 from agent.core import render
 from agent.core.model import DesiredState
 from agent.core.snapshot import Snapshot
-from agent.core.translate import PlanMemo, translate
+from agent.core.translate import LOCAL_PENALTY, PlanMemo, translate
+from agent.core.translate.common import Rejections
+from agent.core.translate.requests import EntryMemo, configmap_requests
 from agent.daemons import config_files_for
 from agent.daemons.spec import outputs
 from agent.settings import Settings
@@ -48,6 +51,19 @@ KINDS = [
     "lb-address",
     "node",
     "share",
+    "vip-edit",
+]
+# vip-configmap keys and values that collide: VIPs other requests have (the configmap's
+# own, a Service's loadBalancerIP, the shared one), endpoints of other Services, a
+# Local-policy Service, PROXY and DR, and an entry held without a Service
+EDIT_KEYS = ["192.0.2.50", "192.0.2.53", "192.0.2.61", "192.0.2.70", "192.0.2.90", "203.0.113.11"]
+EDIT_VALUES = [
+    "default/web",
+    "default/static-site:DR",
+    "ingress/ingress:PROXY",
+    "default/local-app",
+    "kube-system/dns",
+    "",
 ]
 CHANGES = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000)),
@@ -135,6 +151,16 @@ def changed(objs: list[dict[str, Any]], change: str, pick: int) -> list[dict[str
             data[f"192.0.2.{100 + pick % 100}"] = "default/web"
         elif data:
             del data[sorted(data)[pick % len(data)]]
+        out[i] = obj
+    elif change == "vip-edit":
+        i = of_kind(out, "ConfigMap")[0]
+        obj = copy.deepcopy(out[i])
+        key = EDIT_KEYS[pick % len(EDIT_KEYS)]
+        data = obj.setdefault("data", {})
+        if pick % 7 == 0:
+            data.pop(key, None)
+        else:
+            data[key] = EDIT_VALUES[(pick // len(EDIT_KEYS)) % len(EDIT_VALUES)]
         out[i] = obj
     elif change == "port" and of_kind(out, "Service"):
         i = of_kind(out, "Service")[pick % len(of_kind(out, "Service"))]
@@ -256,3 +282,137 @@ def test_a_port_freed_on_a_shared_vip_goes_to_the_next_request() -> None:
             Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
         )
         assert state == cold_state(objs)
+
+
+def translated(objs: list[dict[str, Any]], memo: PlanMemo) -> DesiredState:
+    return translate(
+        Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
+    )
+
+
+def configmap_edited(objs: list[dict[str, Any]], **entries: str | None) -> list[dict[str, Any]]:
+    """A new list with the vip-configmap's entries set (None: removed); keys use '_'."""
+    out = list(objs)
+    i = of_kind(out, "ConfigMap")[0]
+    out[i] = copy.deepcopy(out[i])
+    data = out[i]["data"]
+    for key, value in entries.items():
+        key = key.replace("_", ".")
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return out
+
+
+def test_a_vip_added_or_removed_is_patched_in_not_forwarded_all_again() -> None:
+    """A vip-configmap entry that comes or goes (an admission change) forwards that one
+    request; every other keeps what it forwarded, and the result is a cold one's."""
+    memo = PlanMemo()
+    translated(BASE, memo)
+    objs = BASE
+    for entries in (
+        {"192_0_2_90": "default/web"},
+        {"192_0_2_91": "ingress/ingress:PROXY"},
+        {"192_0_2_90": None},
+        {"192_0_2_91": "default/static-site:DR"},  # edited: one request goes, one comes
+        {"192_0_2_53": None},  # the PROXY entry of the example: its listeners go
+    ):
+        objs = configmap_edited(objs, **entries)
+        assert translated(objs, memo) == cold_state(objs)
+    assert memo.incremental_passes == 5
+
+
+def test_a_vip_that_is_another_services_endpoint_takes_it_out_and_gives_it_back() -> None:
+    """web's endpoint 203.0.113.11 becoming a VIP leaves web's virtual servers (never
+    forward a VIP to a VIP); the entry going gives it back.  Both patched."""
+    memo = PlanMemo()
+    translated(BASE, memo)
+
+    def web_servers(state: DesiredState) -> set[str]:
+        return {
+            str(rs.address)
+            for vs in state.virtual_servers
+            if vs.service.startswith("default/web:")
+            for rs in vs.real_servers
+        }
+
+    objs = configmap_edited(BASE, **{"203_0_113_11": "kube-system/dns"})
+    state = translated(objs, memo)
+    assert state == cold_state(objs)
+    assert "203.0.113.11" not in web_servers(state) and "203.0.113.12" in web_servers(state)
+    objs = configmap_edited(objs, **{"203_0_113_11": None})
+    state = translated(objs, memo)
+    assert state == cold_state(objs)
+    assert "203.0.113.11" in web_servers(state)
+    assert memo.incremental_passes == 2
+
+
+def test_a_local_policy_vip_added_and_removed_keeps_its_local_endpoint_answer() -> None:
+    """A vip-configmap VIP for a Local-policy Service with no endpoint on this node: the
+    instance holding it gets the local penalty the moment the entry comes (the answer
+    "no local endpoint" is patched in with it), and loses it when the entry goes."""
+    objs = list(BASE)
+    i = next(k for k, o in enumerate(objs) if o["metadata"]["name"] == "local-app-1")
+    objs[i] = copy.deepcopy(objs[i])
+    for ep in objs[i]["endpoints"]:
+        ep["nodeName"] = "worker-2"
+    memo = PlanMemo()
+    translated(objs, memo)
+    vip = ipaddress.ip_address("192.0.2.95")
+
+    def priority(state: DesiredState) -> int | None:
+        return next((inst.priority for inst in state.instances if vip in inst.vips), None)
+
+    plain = configmap_edited(objs, **{"192_0_2_95": "default/web"})
+    assert translated(plain, memo) == cold_state(plain)
+    local = configmap_edited(objs, **{"192_0_2_95": "default/local-app"})
+    state = translated(local, memo)
+    assert state == cold_state(local)
+    assert priority(state) == priority(cold_state(plain)) - LOCAL_PENALTY  # type: ignore[operator]
+    assert translated(objs, memo) == cold_state(objs)
+    assert memo.incremental_passes == 3
+
+
+def test_a_request_that_goes_frees_its_slot_for_the_next_one() -> None:
+    """static-site (older) and web share a VIP and both want port 80: web is skipped.
+    static-site ceasing to be a LoadBalancer takes its request away, and web must get
+    port 80: a request that goes with a slot another has is not patched out."""
+    objs = changed(changed(BASE, "share", 0), "share", 2)
+    memo = PlanMemo()
+    state = translated(objs, memo)
+    assert [r for r in state.rejections if "already used" in r.reason]
+    objs = [copy.deepcopy(o) if o["metadata"]["name"] == "static-site" else o for o in objs]
+    site = next(
+        o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "static-site"
+    )
+    site["spec"]["type"] = "ClusterIP"
+    state = translated(objs, memo)
+    assert state == cold_state(objs)
+    assert not [r for r in state.rejections if "already used" in r.reason]
+
+
+def test_vip_configmap_entries_read_before_are_the_same_requests() -> None:
+    """An edited vip-configmap reads only its new or edited entries again: the others are
+    the very request objects of last time, which is what lets forwarding match them."""
+    memo: EntryMemo = {}
+    first = configmap_requests(Snapshot.from_objects(BASE), SETTINGS, rej=Rejections(), memo=memo)
+    objs = configmap_edited(BASE, **{"192_0_2_90": "default/web", "192_0_2_51": None})
+    rej = Rejections()
+    again = configmap_requests(Snapshot.from_objects(objs), SETTINGS, rej=rej, memo=memo)
+    kept = {r.key: r for r in first}
+    assert [r.key for r in again if r is not kept.get(r.key)] == ["192.0.2.90"]
+    assert "192.0.2.51" not in {r.key for r in again}
+    # the rejections of entries read before are reported again, as a fresh read's
+    fresh = Rejections()
+    assert again == configmap_requests(Snapshot.from_objects(objs), SETTINGS, rej=fresh)
+    assert rej.items == fresh.items and len(fresh.items) == 2
+    assert set(memo) == {
+        ("kube-system/vip-configmap", k, v)
+        for k, v in objs_data(objs).items()
+        if isinstance(v, str)
+    }
+
+
+def objs_data(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(objs[of_kind(objs, "ConfigMap")[0]]["data"])

@@ -118,6 +118,9 @@ class ForwardPlan(NamedTuple):
     """Every slot of its ports."""
     claims: frozenset[Slot] = frozenset()
     """The slots of the ports that claim theirs (the same set when all do)."""
+    vips_left_out: bool = False
+    """Made with VIPs to leave out of the endpoints (one of them was one): another set
+    of VIPs may give another plan."""
 
 
 class _Context(NamedTuple):
@@ -183,6 +186,7 @@ def make_plan(
         frozenset(servers),
         slots,
         slots if claims == slots else claims,
+        bool(vips),
     )
 
 

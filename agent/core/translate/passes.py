@@ -16,7 +16,10 @@ to share work) keeps, between two passes:
   them last time.  That is exact as long as each keeps the VIP:port slots it had (its
   Service's ports did not change), or takes others that no other request has: the slots
   every other request finds taken are then the same.  When one does not, the whole list
-  is forwarded again, in order;
+  is forwarded again, in order.  When admission changed (a VIP added or removed, a
+  Service admitted or refused), the requests that came and went are patched in and out
+  the same way, if none of their slots is another's, and those whose endpoints a
+  changed VIP concerns are forwarded again;
 * the VRRP instances, while their inputs are equal.
 
 Whatever comes out is what a translation without the memo gives (tests/unit/
@@ -26,8 +29,9 @@ test_render_incremental.py checks it over random change sequences).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from agent.core.addresses import Forbidden
@@ -52,6 +56,7 @@ from agent.core.translate.forwarding import (
 )
 from agent.core.translate.ownership import Ownership
 from agent.core.translate.requests import (
+    EntryMemo,
     ServiceAsks,
     VipRequest,
     configmap_requests,
@@ -185,6 +190,7 @@ class PlanMemo:
         self._configmap: IdentityMemo[tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]] = (
             IdentityMemo()
         )
+        self._configmap_entries: EntryMemo = {}
         self._asks: tuple[Mapping[Key, object], ServiceAsks, tuple[Rejection, ...]] | None = None
         self._admission: tuple[tuple[object, ...], list[VipRequest], Admission] | None = None
         self._forwarding: _Forwarding | None = None
@@ -210,12 +216,15 @@ class PlanMemo:
     ) -> list[VipRequest]:
         """The vip-configmap's requests (agent.core.translate.requests), parsed again only
         when the ConfigMap is another object than last time: thousands of entries cost
-        10 us each, on every pass."""
+        10 us each, on every pass.  Even then only new or edited entries are read, and
+        the others are the same request objects as last time (which lets forwarding
+        patch instead of starting over)."""
         cm = snapshot.configmaps.get(settings.configmap_ref)
 
         def parse() -> tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]:
             own = Rejections()
-            return tuple(configmap_requests(snapshot, settings, rej=own)), tuple(own.items)
+            found = configmap_requests(snapshot, settings, rej=own, memo=self._configmap_entries)
+            return tuple(found), tuple(own.items)
 
         found, rejections = (
             parse() if cm is None else self._configmap.get((cm,), settings, compute=parse)
@@ -280,14 +289,15 @@ class PlanMemo:
         state = None
         if (
             last is not None
-            and last.inputs.admitted is inputs.admitted
-            and last.inputs.vips == inputs.vips
             and last.inputs.node_name == inputs.node_name
             and last.inputs.initial == inputs.initial
             and last.inputs.settings == inputs.settings
             and self._patched <= len(last.entries)
         ):
-            state = self._patch(last, snapshot)
+            same = last.inputs.admitted is inputs.admitted and last.inputs.vips == inputs.vips
+            again = () if same else self._readmit(last, inputs, snapshot)
+            if again is not None:
+                state = self._patch(last, snapshot, again)
         if state is None:
             self.plans.turn()
             self._patched = 0
@@ -365,14 +375,51 @@ class PlanMemo:
         state.listeners = _Sorted.of(listeners)
         return state
 
-    def _patch(self, last: _Forwarding, snapshot: Snapshot) -> _Forwarding | None:
-        """``last`` with the requests of changed Services forwarded again, or None when
-        one of them takes other slots than it did (then every request is, in order)."""
+    def _readmit(self, last: _Forwarding, inputs: _Inputs, snapshot: Snapshot) -> set[int] | None:
+        """``last`` brought in place to another list of admitted requests (a vip-configmap
+        entry or a LoadBalancer Service came or went, or was admitted or refused), with
+        the indices of the requests to forward again; None, ``last`` untouched, when
+        every request must be.
+
+        Exact when the requests that came and went are few and none of their VIP:port
+        slots is another request's (nor the control plane's): every other request then
+        finds the same slots taken before it as last time, and keeps what it forwarded.
+        Those whose endpoints hold a VIP that came, or that left out one that went, are
+        forwarded again."""
+        old = last.inputs.admitted
+        matched = _match(old, inputs.admitted, limit=8 + len(inputs.admitted) // 8)
+        if matched is None:
+            return None
+        kept = {i for i in matched if i is not None}
+        removed = [e for i, e in enumerate(last.entries) if i not in kept and e is not None]
+        added = {
+            j: self._entry(request, inputs, snapshot, set())
+            for j, (request, i) in enumerate(zip(inputs.admitted, matched, strict=True))
+            if i is None and request.method is not None and request.service is not None
+        }
+        if not _alone(last, removed, list(added.values()), inputs.initial):
+            return None
+        entries: list[_Entry | None] = [
+            last.entries[i] if i is not None else added.get(j) for j, i in enumerate(matched)
+        ]
+        again = _vips_changed(
+            entries, came=inputs.vips - last.inputs.vips, went=last.inputs.vips - inputs.vips
+        )
+        _splice(last, inputs, entries, removed=removed, added=list(added.values()))
+        self._patched += len(added)
+        return again
+
+    def _patch(
+        self, last: _Forwarding, snapshot: Snapshot, again: Iterable[int] = ()
+    ) -> _Forwarding | None:
+        """``last`` with the requests of changed Services (and those of ``again``)
+        forwarded again, or None when one of them takes other slots than it did (then
+        every request is, in order)."""
         old = last.snapshot
         services = _changed(old.services, snapshot.services)
         services |= _changed(old.endpoint_slices, snapshot.endpoint_slices)
         services |= _changed(old.endpoints, snapshot.endpoints)
-        redo = sorted(i for key in services for i in last.by_service.get(key, ()))
+        redo = sorted({i for key in services for i in last.by_service.get(key, ())}.union(again))
         fresh: list[tuple[int, _Entry]] = []
         for index in redo:
             before = last.entries[index]
@@ -396,12 +443,7 @@ class PlanMemo:
                 last.rejections = None
             last.virtual_servers.swap(before.virtual_servers, entry.virtual_servers)
             last.listeners.swap(before.listeners, entry.listeners)
-            vip = entry.request.vip
-            last.local_vips.pop(vip, None)
-            for other in last.by_vip[vip]:
-                e = last.entries[other]
-                if e is not None and e.local is not None:
-                    last.local_vips[vip] = last.local_vips.get(vip, False) or e.local
+            _local_again(last, entry.request.vip)
         return last
 
     # --- VRRP ---------------------------------------------------------------------
@@ -416,6 +458,104 @@ class PlanMemo:
         found = compute()
         self._instances = (key, found)
         return list(found)
+
+
+def _splice(
+    last: _Forwarding,
+    inputs: _Inputs,
+    entries: list[_Entry | None],
+    *,
+    removed: list[_Entry],
+    added: list[_Entry],
+) -> None:
+    """Make ``entries`` (the old ones kept, ``added`` among them) ``last``'s, for
+    ``inputs``: the slots, virtual servers and listeners of ``removed`` out, of
+    ``added`` in, the indices by Service and VIP made again."""
+    for entry in removed:
+        _count(last.users, entry.slots, -1)
+        last.virtual_servers.swap(entry.virtual_servers, ())
+        last.listeners.swap(entry.listeners, ())
+    for entry in added:
+        _count(last.users, entry.slots, 1)
+        last.virtual_servers.swap((), entry.virtual_servers)
+        last.listeners.swap((), entry.listeners)
+    last.inputs, last.entries = inputs, entries
+    last.by_service, last.by_vip = {}, {}
+    for index, kept in enumerate(entries):
+        if kept is not None:
+            assert kept.request.service is not None
+            last.by_service.setdefault(kept.request.service, []).append(index)
+            last.by_vip.setdefault(kept.request.vip, []).append(index)
+    for vip in {e.request.vip for e in (*removed, *added)}:
+        _local_again(last, vip)
+    last.rejections = last.result = None
+
+
+def _local_again(last: _Forwarding, vip: IPAddress) -> None:
+    """Whether ``vip`` has a ready local endpoint, from its requests' entries again."""
+    last.local_vips.pop(vip, None)
+    for index in last.by_vip.get(vip, ()):
+        e = last.entries[index]
+        if e is not None and e.local is not None:
+            last.local_vips[vip] = last.local_vips.get(vip, False) or e.local
+
+
+def _match(old: list[VipRequest], new: list[VipRequest], *, limit: int) -> list[int | None] | None:
+    """For each of ``new``, the index of the same request in ``old`` (None: it is new),
+    or None when more than ``limit`` came or went, or the order changed.  The same
+    object first (requests of unchanged sources are), an equal one next."""
+    at = {id(r): i for i, r in enumerate(old)}
+    matched: list[int | None] = [at.get(id(r)) for r in new]
+    if None in matched:
+        taken = {i for i in matched if i is not None}
+        by_value = {r: i for i, r in reversed(list(enumerate(old))) if i not in taken}
+        matched = [by_value.get(r) if i is None else i for r, i in zip(new, matched, strict=True)]
+    found = [i for i in matched if i is not None]
+    if any(a >= b for a, b in pairwise(found)):
+        return None
+    if (len(new) - len(found)) + (len(old) - len(found)) > limit:
+        return None
+    return matched
+
+
+def _alone(
+    last: _Forwarding, removed: list[_Entry], added: list[_Entry], initial: frozenset[Slot]
+) -> bool:
+    """Whether no slot of the requests that came or went is any other request's, or the
+    control plane's: no one else's outcome can then change."""
+    gone: dict[Slot, int] = {}
+    _count(gone, (s for e in removed for s in e.slots), 1)
+    if any(last.users.get(s, 0) > n for s, n in gone.items()):
+        return False
+    new = [s for e in added for s in e.slots]
+    if len(set(new)) != len(new) or not initial.isdisjoint(new):
+        return False
+    return all(last.users.get(s, 0) == gone.get(s, 0) for s in new)
+
+
+def _vips_changed(
+    entries: list[_Entry | None], *, came: frozenset[IPAddress], went: frozenset[IPAddress]
+) -> set[int]:
+    """The entries whose endpoints hold a VIP that came, or that left out VIPs when some
+    went: their plans change."""
+    if not came and not went:
+        return set()
+    return {
+        index
+        for index, e in enumerate(entries)
+        if e is not None
+        and e.plan is not None
+        and ((went and e.plan.vips_left_out) or not e.plan.servers.isdisjoint(came))
+    }
+
+
+def _count(users: dict[Slot, int], slots: Iterable[Slot], step: int) -> None:
+    for slot in slots:
+        left = users.get(slot, 0) + step
+        if left:
+            users[slot] = left
+        else:
+            users.pop(slot, None)
 
 
 def _moved(last: _Forwarding, before: _Entry, entry: _Entry) -> bool:

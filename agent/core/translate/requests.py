@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core import grammar
-from agent.core.model import IPAddress, Method, Reason, ServiceVips
+from agent.core.model import IPAddress, Method, Reason, Rejection, ServiceVips
 from agent.core.snapshot import Key, Snapshot
 from agent.core.translate.common import Rejections, Site, as_mapping, meta_of
 from agent.settings import Settings
@@ -88,9 +88,16 @@ def parse_configmap_key(key: str) -> IPAddress:
     return grammar.parse_ip(text)
 
 
+EntryMemo = dict[tuple[str, str, str], tuple["VipRequest | None", tuple[Rejection, ...]]]
+"""vip-configmap entries already read: (ConfigMap, key, value) -> (request, rejections)."""
+
+
 def configmap_requests(
-    snapshot: Snapshot, settings: Settings, *, rej: Rejections
+    snapshot: Snapshot, settings: Settings, *, rej: Rejections, memo: EntryMemo | None = None
 ) -> list[VipRequest]:
+    """The vip-configmap's requests, in key order.  With ``memo`` (kept by the caller) an
+    entry read last time is not read again, and gives the very same request object; the
+    memo is left holding this ConfigMap's entries alone."""
     namespace, name = settings.configmap_ref
     cm = snapshot.configmaps.get((namespace, name))
     if cm is None:
@@ -101,14 +108,30 @@ def configmap_requests(
     if not isinstance(data, Mapping):
         site.add(Reason.BAD_ENTRY, key="data", reason="not a mapping")
         return []
+    last = memo if memo is not None else {}
+    seen: EntryMemo = {}
     out: list[VipRequest] = []
     for key in sorted(data, key=str):
         if not isinstance(key, str):
             site.add(Reason.BAD_ENTRY, key=str(key), reason="key is not a string")
             continue
-        request = _configmap_request(key, data[key], ref=ref, site=site)
+        value = data[key]
+        if not isinstance(value, str):
+            request = _configmap_request(key, value, ref=ref, site=site)
+        else:
+            entry = last.get((ref, key, value))
+            if entry is None:
+                own = Rejections()
+                found = _configmap_request(key, value, ref=ref, site=own.on("ConfigMap", ref))
+                entry = (found, tuple(own.items))
+            seen[ref, key, value] = entry
+            request = entry[0]
+            rej.items.extend(entry[1])
         if request is not None:
             out.append(request)
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
     return out
 
 
