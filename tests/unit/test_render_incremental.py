@@ -185,7 +185,7 @@ def cold_state(objs: list[dict[str, Any]]) -> DesiredState:
 
 
 def cold(objs: list[dict[str, Any]]) -> dict[str, str]:
-    return render.Renderer(template_dirs(None)).render(cold_state(objs), FILES)
+    return render.Renderer(template_dirs(None), once=True).render(cold_state(objs), FILES)
 
 
 @settings(max_examples=150, deadline=None)
