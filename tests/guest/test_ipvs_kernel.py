@@ -57,10 +57,10 @@ from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.settings import SCHEDULERS, Settings
 from agent.sources.manifests import load_snapshot
+from labkit.ipvs_guest import GuestResult, guest_available, guest_modules, run_guest
 from labkit.objects import configmap, endpoint, endpoint_slice, node, port, service
 from tests.conftest import EXAMPLES
 from tests.support import ipvs_oracle
-from labkit.ipvs_guest import GuestResult, guest_available, guest_modules, run_guest
 from tests.support.ipvs_oracle import difference, expected_table, only_vips
 from tests.support.requirements import unavailable
 
