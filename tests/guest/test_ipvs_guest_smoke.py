@@ -1,6 +1,6 @@
 """Smoke proof that keepalived programs ``virtual_server`` blocks into a real IPVS table.
 
-Runs keepalived inside the qemu guest of ``tests/support/ipvs_guest.py`` (the host kernel
+Runs keepalived inside the qemu guest of ``labkit/ipvs_guest.py`` (the host kernel
 has no IPVS).
 Skipped unless ``scripts/build-ipvs-guest`` has built the cache. The configs have no health
 checks: nothing answers inside the guest, so a checked real server would be removed.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.ipvs_guest import guest_available, run_guest
+from labkit.ipvs_guest import guest_available, run_guest
 from tests.support.requirements import unavailable
 
 

@@ -1,7 +1,7 @@
 """IPVS proven in a real kernel: what the agent renders is what the kernel table holds.
 
 Each cluster goes through the whole pipeline (objects -> ``translate`` -> ``render``), the
-rendered keepalived.conf runs under keepalived in the qemu guest of ``tests/support/ipvs_guest.py``
+rendered keepalived.conf runs under keepalived in the qemu guest of ``labkit/ipvs_guest.py``
 (Debian's 6.1 kernel with IPVS; the host has none) and the guest's ``ipvsadm -Sn`` is compared,
 as a set of lines, with ``tests/support/ipvs_oracle.py``: an oracle computed from the
 ``DesiredState`` values, never from the rendered text. Equality proves that every virtual
@@ -57,10 +57,10 @@ from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
 from agent.settings import SCHEDULERS, Settings
 from agent.sources.manifests import load_snapshot
+from labkit.ipvs_guest import GuestResult, guest_available, guest_modules, run_guest
 from labkit.objects import configmap, endpoint, endpoint_slice, node, port, service
 from tests.conftest import EXAMPLES
 from tests.support import ipvs_oracle
-from tests.support.ipvs_guest import GuestResult, guest_available, guest_modules, run_guest
 from tests.support.ipvs_oracle import difference, expected_table, only_vips
 from tests.support.requirements import unavailable
 

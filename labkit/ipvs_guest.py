@@ -17,6 +17,10 @@ are preferred when present. Each run appends a small uncompressed newc archive h
   keepalived, waits again and prints ``===IPVS2-BEGIN===`` / ``===IPVS2-END===``;
 * prints keepalived's own log between ``===KEEPALIVED-LOG-BEGIN===`` / ``-END===`` and powers
   off.
+
+It lives in labkit/ because tests/guest proves the tables and bench/guest_reload_cost.py
+times reloads with it; :func:`boot` is the bare boot for a caller whose ``/cfg/pre.sh`` runs
+its own experiment and powers off before ``/init`` gets further.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "build-ipvs-guest"
 QEMU = "qemu-system-x86_64"
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off tsc=reliable"
@@ -120,7 +124,8 @@ def _cfg_archive(files: dict[str, str]) -> bytes:
     return b"".join(entries)
 
 
-def _section(console: str, name: str) -> list[str] | None:
+def section(console: str, name: str) -> list[str] | None:
+    """The non-blank lines between ``===NAME-BEGIN===`` and ``===NAME-END===``, or None."""
     begin, end = f"==={name}-BEGIN===", f"==={name}-END==="
     lines = console.splitlines()
     try:
@@ -146,16 +151,6 @@ def run_guest(
     ``pre_script`` is a ``sh -e`` script run before keepalived starts (e.g. ipvsadm commands
     standing in for kube-proxy's own virtual servers).
     """
-    reason = guest_available()
-    if reason is not None:
-        raise GuestError(reason, "")
-    cache = cache_dir()
-    kernel = cache / "vmlinux"
-    if not kernel.is_file():
-        kernel = cache / "vmlinuz"
-    base_cpio = cache / "base.cpio"
-    if not base_cpio.is_file():
-        base_cpio = cache / "base.cpio.gz"
     files = {
         "keepalived.conf": config,
         "interfaces": "".join(f"{name}\n" for name in interfaces),
@@ -166,7 +161,46 @@ def run_guest(
         files["pre.sh"] = pre_script
     if addresses:
         files["addresses"] = "".join(f"{ifname} {addr}\n" for ifname, addr in addresses)
+    console, seconds = boot(files, timeout=timeout)
+    if "===GUEST-FAILED===" in console:
+        raise GuestError("guest init failed", console)
+    first = section(console, "IPVS1")
+    if first is None:
+        raise GuestError("no ===IPVS1=== markers in console", console)
+    after_reload: list[str] | None = None
+    if reload_config is not None:
+        after_reload = section(console, "IPVS2")
+        if after_reload is None:
+            raise GuestError("no ===IPVS2=== markers after reload", console)
+    klog = section(console, "KEEPALIVED-LOG") or []
+    return GuestResult(
+        first=first,
+        after_reload=after_reload,
+        console=console,
+        seconds=seconds,
+        keepalived_log="\n".join(klog),
+    )
 
+
+def boot(
+    files: dict[str, str], *, timeout: float = 90, memory_mb: int = 512, cpus: int = 1
+) -> tuple[str, float]:
+    """Boot the cached guest with ``files`` under ``/cfg``; its console and wall-clock seconds.
+
+    The lower half of :func:`run_guest`, for callers that read their own markers (the
+    guest reload bench drives keepalived from ``/cfg/pre.sh``). Raises :class:`GuestError`
+    when the guest is not built or qemu outlives ``timeout``.
+    """
+    reason = guest_available()
+    if reason is not None:
+        raise GuestError(reason, "")
+    cache = cache_dir()
+    kernel = cache / "vmlinux"
+    if not kernel.is_file():
+        kernel = cache / "vmlinuz"
+    base_cpio = cache / "base.cpio"
+    if not base_cpio.is_file():
+        base_cpio = cache / "base.cpio.gz"
     with tempfile.TemporaryDirectory(prefix="ipvs-guest-") as tmp:
         initrd = Path(tmp) / "initrd"
         with initrd.open("wb") as out:
@@ -180,7 +214,9 @@ def run_guest(
             "-accel",
             "tcg",
             "-m",
-            "512",
+            str(memory_mb),
+            "-smp",
+            str(cpus),
             "-nodefaults",
             "-no-user-config",
             "-display",
@@ -211,26 +247,7 @@ def run_guest(
             console = _clean(raw)
             raise GuestError(f"qemu guest timed out after {timeout:.0f} s", console) from None
         seconds = time.monotonic() - started
-
-    console = _clean(raw)
-    if "===GUEST-FAILED===" in console:
-        raise GuestError("guest init failed", console)
-    first = _section(console, "IPVS1")
-    if first is None:
-        raise GuestError(f"no ===IPVS1=== markers in console (qemu rc {proc.returncode})", console)
-    after_reload: list[str] | None = None
-    if reload_config is not None:
-        after_reload = _section(console, "IPVS2")
-        if after_reload is None:
-            raise GuestError("no ===IPVS2=== markers after reload", console)
-    klog = _section(console, "KEEPALIVED-LOG") or []
-    return GuestResult(
-        first=first,
-        after_reload=after_reload,
-        console=console,
-        seconds=seconds,
-        keepalived_log="\n".join(klog),
-    )
+    return _clean(raw), seconds
 
 
 def _clean(raw: bytes) -> str:
