@@ -2,9 +2,10 @@
 
 keepalived holds the VIPs (VRRP) and programs IPVS (``virtual_server`` blocks).  Under
 ``--daemons supervise`` it runs as ``--dont-fork --log-console``; a reload is a SIGHUP,
-confirmed when keepalived logs ``Reload complete`` once per child process (VRRP and
-checkers).  keepalived flaps when reloaded in quick succession, so its reloads are
-throttled (``keepalived_reload_interval``).  It announces the VIPs: it starts after
+confirmed when keepalived logs ``Reload complete``: the parent logs it once, when every
+child (VRRP, checkers) has read the new file (keepalived's core/config_notify.c).
+keepalived flaps when reloaded in quick succession, so its reloads are throttled
+(``keepalived_reload_interval``).  It announces the VIPs: it starts after
 haproxy and stops first.  Its ``before_start`` hook removes VIPs no VRRP process holds;
 it runs before each fresh start and the moment the log says the VRRP child died.
 keepalived.conf is 0600: it may hold the VRRP password.
@@ -94,11 +95,17 @@ class Keepalived(Supervised):
         self.binary = binary
         self.vrrp_pidfile = run_dir / "keepalived_vrrp.pid"
         self.checkers_pidfile = run_dir / "keepalived_checkers.pid"
+        self.bfd_pidfile = run_dir / "keepalived_bfd.pid"
+        """(A user template may add ``bfd_instance`` blocks: keepalived then runs BFD.)"""
         self.confirm_timeout = confirm_timeout
         self.reloads_completed = 0
-        """"Reload complete" lines seen so far (one per child process per reload)."""
+        """"Reload complete" lines seen so far (one per reload with children, from the
+        parent once all of them have read the file)."""
         self.reloads_started = 0
         """"Reloading ..." lines seen so far (one per reload, from the parent)."""
+        self.completed_before_start = 0
+        """``reloads_completed`` when the last "Reloading ..." was seen: a completion
+        counts for that reload only if it comes after."""
         self.up = False
         """The parent has read its configuration and started its children (if any): a
         SIGHUP before that is lost."""
@@ -112,6 +119,7 @@ class Keepalived(Supervised):
             *only_vrrp,
             *("--use-file", str(self.config), "--pid", str(self.pidfile)),
             *("--vrrp_pid", str(self.vrrp_pidfile), "--checkers_pid", str(self.checkers_pidfile)),
+            *("--bfd_pid", str(self.bfd_pidfile)),
         ]
 
     def start(self) -> None:
@@ -121,10 +129,11 @@ class Keepalived(Supervised):
     def on_line(self, line: str) -> None:
         if any(mark in line for mark in _STARTED):
             self.up = True
-        if "Reload complete" in line:  # one per child process per reload
+        if "Reload complete" in line:  # once per reload, when every child has read it
             self.reloads_completed += 1
-        elif "Reloading ..." in line:  # the parent has read the file again
+        elif "Reloading ..." in line:  # the parent reads the file again
             self.reloads_started += 1
+            self.completed_before_start = self.reloads_completed
         # The parent respawns a dead VRRP child after 0, 1, 2, 4... s; meanwhile nothing
         # on this node speaks VRRP, the peer takes the VIP, and the addresses the dead
         # child added stay here: a VIP on two nodes.  They go now, not at the respawn.
@@ -139,7 +148,7 @@ class Keepalived(Supervised):
         import psutil  # not at the top: `render --dry-run` runs no daemon
 
         count = 0
-        for pidfile in (self.vrrp_pidfile, self.checkers_pidfile):
+        for pidfile in (self.vrrp_pidfile, self.checkers_pidfile, self.bfd_pidfile):
             pid = read_pid(pidfile)
             if pid is not None and psutil.pid_exists(pid):
                 count += 1
@@ -149,16 +158,19 @@ class Keepalived(Supervised):
         started = time.monotonic()
         if not self.child.alive():
             return ReloadOutcome(False, "keepalived is not running", 0.0)
-        # Each child logs "Reload complete".  With none (a configuration with nothing to
-        # run: mode bgp without IPVS, a node with no VIPs yet) the parent's "Reloading"
-        # is the confirmation; children it starts now read the new file.
+        # The parent logs "Reload complete" once its children have all read the file.
+        # With none (a configuration with nothing to run: mode bgp without IPVS, a node
+        # with no VIPs yet) it logs nothing more: "Reloading ..." is the confirmation, and
+        # children it starts now read the new file.  A completion only counts when it
+        # follows the "Reloading ..." of this signal (one of an earlier reload may come
+        # between the signal and it).
         with self.child.cond:
             if self.child.popen is not None and not self.child.cond.wait_for(
                 lambda: self.up, timeout=self.confirm_timeout
             ):
                 return ReloadOutcome(False, "keepalived did not finish starting", 0.0)
-            expected = self._children()
-            completed, started_mark = self.reloads_completed, self.reloads_started
+            children = self._children() > 0
+            started_mark = self.reloads_started
             self.child.signal(signal.SIGHUP)
             if self.child.popen is None:
                 # adopted: its output went to the agent that started it, so only
@@ -166,8 +178,8 @@ class Keepalived(Supervised):
                 return ReloadOutcome(True, "signalled (adopted, unconfirmed)", 0.0)
             done = self.child.cond.wait_for(
                 lambda: (
-                    self.reloads_completed - completed >= expected
-                    and self.reloads_started > started_mark
+                    self.reloads_started > started_mark
+                    and (not children or self.reloads_completed > self.completed_before_start)
                 ),
                 timeout=self.confirm_timeout,
             )

@@ -399,6 +399,17 @@ def test_foreign_virtual_servers_survive_start_and_reload(boots: Boots) -> None:
     assert set(result.after_reload) >= FOREIGN, result.keepalived_log
 
 
+def test_one_reload_complete_per_reload_with_the_checker_and_vrrp_children(boots: Boots) -> None:
+    """keepalived's parent logs "Reload complete" once per reload, when every child has
+    read the file, not once per child: what agent.daemons.keepalived waits for (the host
+    shows the same with VRRP and BFD children: tests/functional/test_keepalived_daemon)."""
+    log = boots.synthetic.result().keepalived_log
+    assert "Starting Healthcheck child process" in log, log
+    assert "Starting VRRP child process" in log, log
+    assert log.count("Reloading ...") == 1, log
+    assert log.count("Reload complete") == 1, log
+
+
 # --- the oracle itself (no guest) ----------------------------------------------------------
 
 
