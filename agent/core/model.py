@@ -336,6 +336,12 @@ class DesiredState:
     """What each LoadBalancer Service asks for, sorted by Service (write-back's input)."""
     nodes: NodeSet = NodeSet(known=False, all=(), eligible=())
     allocations: tuple[Allocation, ...] = ()
+    """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""
     bgp: BgpSpeaker | None = None
     """In BGP mode: bird.conf's content (and no VRRP instances)."""
-    """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""
+    haproxy_fd_limit: int | None = None
+    """The file descriptors haproxy may open (None: not known, nothing is checked)."""
+    haproxy_min_connections: int = 100
+    """The fewest connections haproxy must have room for besides listeners and checks."""
+    haproxy_threads: int | None = None
+    """The threads haproxy runs (None: not known, the most it may start is counted)."""

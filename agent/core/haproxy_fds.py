@@ -1,0 +1,116 @@
+"""Pure: how many file descriptors a rendered haproxy.cfg needs, and whether it fits.
+
+haproxy 2.6 sizes itself at start (and at every master-worker reload, which re-executes
+the master and starts a new worker) as ``maxsock``::
+
+    maxsock = FIXED + listeners + health checks + 3 x threads + 2 x maxconn
+
+(one descriptor per bound listener, one reserved per server with ``check``, an epoll fd
+and a wake-up pipe per thread, two per connection; no pipes: nothing here splices).
+The shell says how many threads haproxy runs (one per CPU it is bound to); when it
+cannot, the most haproxy starts is counted.
+``FIXED`` is what this template's global section costs: 33 with haproxy 2.6.12 (its 10
+reserved, the stats socket's 10 connections, the master CLI pair...), read from
+``show info`` (``Maxsock``) at several sizes.  Without ``maxconn`` haproxy derives it from
+the limit: ``(limit - everything else) / 2``, but never less than 100 connections; it then
+raises RLIMIT_NOFILE to ``maxsock`` and, under the default ``strict-limits``, refuses to
+start when the hard limit is lower: "Cannot raise FD limit to 25239, limit is 20000"
+(5,000 listeners with 4 checked servers each under a hard limit of 20,000).  A reload
+that fails so leaves the old worker serving the old configuration, and the master in its
+wait mode.
+
+So the agent, which knows the listener and check counts and the limit haproxy runs under,
+decides before it renders: with room for at least ``min_connections`` connections the
+file is rendered with ``fd-hard-limit`` (haproxy never sizes itself past the limit the
+agent counted with) and, only when haproxy's floor of 100 connections would not fit,
+an explicit ``maxconn`` that does; with less room the file is refused as a whole
+(:class:`FdBudgetError`), so the last good haproxy.cfg and keepalived.conf stay.
+
+``maxconn`` is left to haproxy otherwise: it changes with every endpoint added or
+removed, and a changed global section makes the incremental check (agent.validate) check
+the whole file; haproxy's own derivation is the same number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.model import DesiredState
+
+FIXED = 33
+"""Descriptors the template's global section costs haproxy 2.6 (``show info`` Maxsock
+less the parts counted below)."""
+MAX_THREADS = 64
+"""Threads counted when the shell does not know how many haproxy runs: it starts one per
+CPU it is bound to, up to Debian's build's MAX_THREADS of 64."""
+HAPROXY_FLOOR = 100
+"""haproxy's DEFAULT_MAXCONN: the least it derives by itself, fitting or not."""
+
+
+class FdBudgetError(ValueError):
+    """haproxy cannot load the configuration within its file descriptor limit."""
+
+
+@dataclass(frozen=True)
+class FdBudget:
+    """What the rendered haproxy.cfg costs and what the global section says about it."""
+
+    listeners: int
+    checks: int
+    limit: int
+    threads: int
+    fixed: int
+    """Descriptors needed before any connection (listeners, checks, threads, FIXED)."""
+    maxconn: int | None
+    """Rendered ``maxconn``; None: haproxy derives it (at least 100, and it fits)."""
+
+
+def counts(state: DesiredState) -> tuple[int, int]:
+    """(listeners, servers with a health check) of the haproxy.cfg the template renders:
+    every PROXY listener and the apiserver frontend, every server of them is checked."""
+    listeners = len(state.listeners)
+    checks = sum(len(lst.servers) for lst in state.listeners)
+    if state.apiserver is not None:
+        listeners += 1
+        checks += len(state.apiserver.servers)
+    return listeners, checks
+
+
+def budget(
+    *, listeners: int, checks: int, limit: int, min_connections: int, threads: int = MAX_THREADS
+) -> FdBudget:
+    """The global limits for haproxy.cfg, or FdBudgetError when it cannot fit in ``limit``."""
+    fixed = FIXED + listeners + checks + 3 * threads
+    room = (limit - fixed) // 2
+    if room < min_connections:
+        raise FdBudgetError(
+            f"haproxy.cfg refused: {listeners} listeners and {checks} health checks "
+            f"({threads} threads) need {fixed} file descriptors, and at least "
+            f"{min_connections} connections (haproxy_min_connections) 2 more each: "
+            f"{fixed + 2 * min_connections} in all, but haproxy may open {limit} "
+            "(haproxy_fd_limit, its hard RLIMIT_NOFILE); raise haproxy's LimitNOFILE, "
+            "or serve fewer PROXY Services from this node"
+        )
+    maxconn = room if room < HAPROXY_FLOOR else None
+    return FdBudget(
+        listeners=listeners,
+        checks=checks,
+        limit=limit,
+        threads=threads,
+        fixed=fixed,
+        maxconn=maxconn,
+    )
+
+
+def for_state(state: DesiredState) -> FdBudget | None:
+    """The budget of ``state``'s haproxy.cfg; None when the limit is not known."""
+    if state.haproxy_fd_limit is None:
+        return None
+    listeners, checks = counts(state)
+    return budget(
+        listeners=listeners,
+        checks=checks,
+        limit=state.haproxy_fd_limit,
+        min_connections=state.haproxy_min_connections,
+        threads=state.haproxy_threads or MAX_THREADS,
+    )
