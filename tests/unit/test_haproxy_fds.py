@@ -1,5 +1,5 @@
-"""haproxy's file descriptor budget: the arithmetic and what the template says
-(agent.core.haproxy_fds)."""
+"""haproxy's file descriptor budget: the arithmetic, what the template says, and where the
+limit comes from (agent.core.haproxy_fds, agent.daemons.haproxy.fd_limit)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from agent.assets import template_dirs
 from agent.core import haproxy_fds, render
 from agent.core.translate import translate
-from agent.settings import Settings
+from agent.daemons.haproxy import fd_limit, threads, with_fd_limit
+from agent.settings import Daemons, Settings
 from labkit.fd_budget import proxy_cluster
 
 
@@ -88,3 +89,31 @@ def test_a_file_that_cannot_fit_is_refused_naming_the_counts_and_settings() -> N
         haproxy_cfg(300, haproxy_fd_limit=1700, haproxy_threads=2)
     assert "haproxy_min_connections" in str(err.value)
     assert "haproxy_fd_limit" in str(err.value)
+
+
+def test_the_limit_is_the_setting_the_agents_hard_limit_or_the_units() -> None:
+    def hard(n: int) -> tuple[int, int]:
+        return (1024, n)
+
+    supervise = Settings(daemons=Daemons.SUPERVISE)
+    systemd = Settings(daemons=Daemons.SYSTEMD)
+    assert fd_limit(supervise, rlimit=lambda: hard(20000)) == 20000
+    assert fd_limit(Settings(haproxy_fd_limit=4096), rlimit=lambda: hard(20000)) == 4096
+    assert fd_limit(systemd, systemctl_show=lambda unit, prop: "524288") == 524288
+    assert fd_limit(systemd, systemctl_show=lambda unit, prop: "infinity") is None
+    assert fd_limit(systemd, systemctl_show=lambda unit, prop: None) is None
+    assert fd_limit(Settings(daemons=Daemons.NONE)) is None
+
+
+def test_threads_are_the_cpus_under_supervise_and_unknown_otherwise() -> None:
+    assert threads(Settings(daemons=Daemons.SUPERVISE), cpus=lambda: 8) == 8
+    assert threads(Settings(daemons=Daemons.SUPERVISE), cpus=lambda: 256) == 64
+    assert threads(Settings(daemons=Daemons.SYSTEMD)) is None
+    assert threads(Settings(daemons=Daemons.SYSTEMD, haproxy_threads=4)) == 4
+
+
+def test_with_fd_limit_fills_in_what_was_found() -> None:
+    s = with_fd_limit(Settings(daemons=Daemons.SYSTEMD), systemctl_show=lambda u, p: "65536")
+    assert (s.haproxy_fd_limit, s.haproxy_threads) == (65536, None)
+    unchanged = Settings(daemons=Daemons.NONE)
+    assert with_fd_limit(unchanged) is unchanged
