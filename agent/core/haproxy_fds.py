@@ -69,7 +69,7 @@ def counts(state: DesiredState) -> tuple[int, int]:
     """(listeners, servers with a health check) of the haproxy.cfg the template renders:
     every PROXY listener and the apiserver frontend, every server of them is checked."""
     listeners = len(state.listeners)
-    checks = sum(len(lst.servers) for lst in state.listeners)
+    checks = state.listener_checks
     if state.apiserver is not None:
         listeners += 1
         checks += len(state.apiserver.servers)

@@ -339,6 +339,8 @@ class DesiredState:
     """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""
     bgp: BgpSpeaker | None = None
     """In BGP mode: bird.conf's content (and no VRRP instances)."""
+    listener_checks: int = 0
+    """The servers of ``listeners``, each with a health check (haproxy_fds counts them)."""
     haproxy_fd_limit: int | None = None
     """The file descriptors haproxy may open (None: not known, nothing is checked)."""
     haproxy_min_connections: int = 100

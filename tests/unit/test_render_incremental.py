@@ -199,6 +199,8 @@ def test_a_kept_renderer_renders_what_a_fresh_one_does(changes: list[tuple[str, 
             Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
         )
         assert state == cold_state(objs)
+        # counted pass by pass (agent.core.translate.passes), never walked
+        assert state.listener_checks == sum(len(lst.servers) for lst in state.listeners)
         assert renderer.render(state, FILES) == cold(objs)
 
 

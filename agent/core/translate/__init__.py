@@ -203,6 +203,7 @@ def translate(
         instances=tuple(instances),
         virtual_servers=forwarding.virtual_servers,
         listeners=forwarding.listeners,
+        listener_checks=forwarding.checks,
         apiserver=cp.apiserver if cp is not None else None,
         track_files=(cp.track_file,) if cp is not None and bgp is None else (),
         haproxy_stats_socket=settings.haproxy_stats_socket,
