@@ -873,9 +873,10 @@ class Settings:
     haproxy_fd_limit: int | None = setting(
         None,
         "File descriptors haproxy may open: its hard RLIMIT_NOFILE (systemd: the unit's "
-        "LimitNOFILE). Rendered as fd-hard-limit; a haproxy.cfg whose listeners and health "
-        "checks leave less room than haproxy_min_connections is refused and the running "
-        "one kept. Unset: under --daemons supervise the agent's own hard limit (haproxy "
+        "LimitNOFILE). Rendered as fd-hard-limit; PROXY listeners and their health checks "
+        "that would leave room for fewer than haproxy_min_connections connections are "
+        "rejected, the newest Service's first (their VIPs stay announced). Unset: under "
+        "--daemons supervise the agent's own hard limit (haproxy "
         "inherits it), under systemd what systemctl says of haproxy.service's "
         "LimitNOFILE, otherwise not checked.",
         parse=_optional(_ints(256, 1 << 30, "256-1073741824")),

@@ -20,11 +20,23 @@ that fails so leaves the old worker serving the old configuration, and the maste
 wait mode.
 
 So the agent, which knows the listener and check counts and the limit haproxy runs under,
-decides before it renders: with room for at least ``min_connections`` connections the
-file is rendered with ``fd-hard-limit`` (haproxy never sizes itself past the limit the
-agent counted with) and, only when haproxy's floor of 100 connections would not fit,
-an explicit ``maxconn`` that does; with less room the file is refused as a whole
-(:class:`FdBudgetError`), so the last good haproxy.cfg and keepalived.conf stay.
+decides before it renders.  Translation (:func:`fit`) keeps the PROXY listeners that fit
+first come first served, as it gives out VIP:port slots: the apiserver frontend first,
+then each request's listeners in admission order (vip-configmap entries, then Services
+oldest first), each costing one descriptor and one per checked server.  A listener that
+does not fit is left out with a rejection naming its Service and port (a later, smaller
+one may still fit), and everything else still applies.  Its VIP stays announced, held
+without that listener as a Service without endpoints is.  One tenant's Service with many
+ports, or a cluster that grows, so costs the newest listeners, not every configuration
+update on the node.  The budget is what remains for listeners and checks once threads
+and ``min_connections`` connections have theirs.  The common case, everything fits,
+costs one comparison: translation counts the checks as it forwards
+(agent.core.translate.passes), and only a cut walks the listeners.
+
+Render then writes ``fd-hard-limit`` (haproxy never sizes itself past the limit the agent
+counted with) and, only when haproxy's floor of 100 connections would not fit, an
+explicit ``maxconn`` that does.  It refuses the file (:class:`FdBudgetError`) only for
+what cannot be cut: the apiserver frontend alone not fitting.
 
 ``maxconn`` is left to haproxy otherwise: it changes with every endpoint added or
 removed, and a changed global section makes the incremental check (agent.validate) check
@@ -33,9 +45,18 @@ the whole file; haproxy's own derivation is the same number.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from agent.core.model import DesiredState
+from agent.core.grammar import ip_text
+from agent.core.model import (
+    ApiserverProxy,
+    DesiredState,
+    ProxyListener,
+    Reason,
+    Rejection,
+)
 
 FIXED = 33
 """Descriptors the template's global section costs haproxy 2.6 (``show info`` Maxsock
@@ -113,4 +134,97 @@ def for_state(state: DesiredState) -> FdBudget | None:
         limit=state.haproxy_fd_limit,
         min_connections=state.haproxy_min_connections,
         threads=state.haproxy_threads or MAX_THREADS,
+    )
+
+
+def room(*, limit: int, min_connections: int, threads: int | None) -> int:
+    """Descriptors left for listeners and health checks under ``limit`` once the global
+    section, the threads and ``min_connections`` connections have theirs."""
+    return limit - FIXED - 3 * (threads or MAX_THREADS) - 2 * min_connections
+
+
+class Request(Protocol):
+    """Who asked for a listener (agent.core.translate.requests.VipRequest)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def obj(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+
+
+def fit(
+    listeners: tuple[ProxyListener, ...],
+    *,
+    checks: int,
+    order: Iterable[tuple[Request, Iterable[ProxyListener]]],
+    apiserver: ApiserverProxy | None,
+    limit: int | None,
+    min_connections: int,
+    threads: int | None,
+) -> tuple[tuple[ProxyListener, ...], int, list[Rejection]]:
+    """The ``listeners`` that fit in ``limit`` (in their order), their servers, and a
+    rejection for each one that does not.  ``checks``: the servers of ``listeners``;
+    ``order``: the same listeners by request, in admission order, read only when they
+    do not all fit.  Without a known limit, or when all fit, ``listeners`` is returned
+    as it is, at no cost per listener."""
+    if limit is None:
+        return listeners, checks, []
+    budget = room(limit=limit, min_connections=min_connections, threads=threads)
+    used = 1 + len(apiserver.servers) if apiserver is not None else 0
+    if used + len(listeners) + checks <= budget:
+        return listeners, checks, []
+    kept: set[int] = set()
+    kept_checks = 0
+    rejections: list[Rejection] = []
+    for request, group in order:
+        for listener in group:
+            need = 1 + len(listener.servers)
+            if used + need <= budget:
+                used += need
+                kept_checks += need - 1
+                kept.add(id(listener))
+                continue
+            why = _rejection(
+                listener,
+                request,
+                apiserver=apiserver is not None,
+                need=need,
+                limit=limit,
+                room=budget,
+            )
+            rejections.append(why)
+    return tuple(lst for lst in listeners if id(lst) in kept), kept_checks, rejections
+
+
+def _rejection(
+    listener: ProxyListener,
+    request: Request,
+    *,
+    apiserver: bool,
+    need: int,
+    limit: int,
+    room: int,
+) -> Rejection:
+    # no count that changes with other Services' endpoints: the same problem must stay
+    # the same line in the log and the same Event (agent.telemetry, agent.writeback)
+    service, _, port = listener.service.rpartition(":")
+    vip = ip_text(listener.vip)
+    asked = ""
+    if request.kind != "Service":
+        asked = f"; {request.kind.lower()} {request.obj} key {request.key!r} asks for it"
+    earlier = "the apiserver frontend and earlier listeners" if apiserver else "earlier listeners"
+    return Rejection(
+        kind="Service",
+        obj=service,
+        key=f"port {port}",
+        reason=(
+            f"haproxy has no file descriptors left for the listener on {vip} port "
+            f"{listener.port}: it needs {need} (1 and 1 per health check), and {earlier} "
+            f"take the rest of the {room} that its limit of {limit} leaves for listeners "
+            f"and health checks{asked}; the VIP stays announced without this listener; "
+            "raise haproxy's LimitNOFILE or haproxy_fd_limit"
+        ),
+        code=Reason.FD_BUDGET,
     )

@@ -261,6 +261,8 @@ class Reason(enum.Enum):
     """A pool ConfigMap entry that is neither a CIDR nor a first-last range."""
     POOL_EXHAUSTED = "pool_exhausted"
     """No free address to allocate in the pools of the Service's namespace."""
+    FD_BUDGET = "fd_budget"
+    """A PROXY listener haproxy has no file descriptors left for (the VIP stays)."""
 
 
 @dataclass(frozen=True)

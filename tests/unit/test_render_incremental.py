@@ -33,7 +33,16 @@ from tests.conftest import EXAMPLES, ROOT
 
 BASE: list[dict[str, Any]] = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())["items"]
 SETTINGS = Settings(
-    node_name="worker-1", interface="eth0", unicast=True, spread=True, node_selector=""
+    node_name="worker-1",
+    interface="eth0",
+    unicast=True,
+    spread=True,
+    node_selector="",
+    # haproxy has room for one of the example's two PROXY listeners (2 servers each, 3
+    # descriptors): most changes keep the first only, some both (agent.core.haproxy_fds)
+    haproxy_fd_limit=256,
+    haproxy_threads=2,
+    haproxy_min_connections=106,
 )
 FILES = outputs(config_files_for(SETTINGS))
 KINDS = [

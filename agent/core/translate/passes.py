@@ -29,7 +29,7 @@ test_render_incremental.py checks it over random change sequences).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -455,6 +455,15 @@ class PlanMemo:
             last.checks += entry.checks - before.checks
             _local_again(last, entry.request.vip)
         return last
+
+    def listeners_by_request(self) -> Iterator[tuple[VipRequest, list[ProxyListener]]]:
+        """The last forwarding's listeners request by request, in admission order (each
+        request's in its Service's port order): agent.core.haproxy_fds walks them when
+        they do not all fit, and needs no matching of listener to request then."""
+        state = self._forwarding
+        for entry in state.entries if state is not None else ():
+            if entry is not None and entry.listeners:
+                yield entry.request, [listener for _, listener in entry.listeners]
 
     # --- VRRP ---------------------------------------------------------------------
 
