@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import assets, health, netlink
 from agent.core.model import DesiredState, IPAddress
-from agent.daemons import bird, config_files_for
+from agent.daemons import bird, config_files_for, haproxy
 from agent.daemons.modes import daemons_for
 from agent.daemons.spec import targets
 from agent.lease import LeaseElector, LeaseTimings
@@ -112,6 +112,10 @@ class Runtime:
 
 def build(settings: Settings, *, reload: Reload | None, config_file: str | None) -> Runtime:
     """Every part, in dependency order.  Raises StartError with a message for people."""
+    # the limit haproxy will run under, found once here and again after each config file
+    # edit: render refuses a haproxy.cfg that could not load within it
+    settings = haproxy.with_fd_limit(settings)
+    reload = _with_fd_limit(reload) if reload is not None else None
     live = LiveSettings(settings)
     node_name = node_name_of(settings)
     interface = _interface(settings)
@@ -172,6 +176,13 @@ def build(settings: Settings, *, reload: Reload | None, config_file: str | None)
         watched=[Path(settings.templates)] if settings.templates else [],
         config_file=Path(config_file) if config_file else None,
     )
+
+
+def _with_fd_limit(reload: Reload) -> Reload:
+    def reread() -> Settings:
+        return haproxy.with_fd_limit(reload())
+
+    return reread
 
 
 def _interface(settings: Settings) -> str:

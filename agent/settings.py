@@ -870,6 +870,31 @@ class Settings:
         "Seconds an old haproxy worker may drain connections after a reload.",
         parse=_UP_TO_A_DAY,
     )
+    haproxy_fd_limit: int | None = setting(
+        None,
+        "File descriptors haproxy may open: its hard RLIMIT_NOFILE (systemd: the unit's "
+        "LimitNOFILE). Rendered as fd-hard-limit; PROXY listeners and their health checks "
+        "that would leave room for fewer than haproxy_min_connections connections are "
+        "rejected, the newest Service's first (their VIPs stay announced). Unset: under "
+        "--daemons supervise the agent's own hard limit (haproxy "
+        "inherits it), under systemd what systemctl says of haproxy.service's "
+        "LimitNOFILE, otherwise not checked.",
+        parse=_optional(_ints(256, 1 << 30, "256-1073741824")),
+    )
+    haproxy_threads: int | None = setting(
+        None,
+        "Threads haproxy runs, for counting its file descriptors (3 each). Unset: under "
+        "--daemons supervise the CPUs the agent may run on (haproxy starts one thread per "
+        "CPU it is bound to), otherwise 64, the most Debian's haproxy starts.",
+        parse=_optional(_ints(1, 64, "1-64")),
+    )
+    haproxy_min_connections: int = setting(
+        100,
+        "Concurrent connections haproxy must have room for once every listener and health "
+        "check has its descriptor (haproxy's own floor is 100; below it the agent renders "
+        "a maxconn that fits).",
+        parse=_ints(1, 1 << 29, "1-536870912"),
+    )
     vrrp_notify_fifo: str = _run_dir_file(
         "FIFO keepalived writes VRRP state changes to. Default: run_dir/vrrp.fifo.",
     )

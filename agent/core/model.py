@@ -261,6 +261,8 @@ class Reason(enum.Enum):
     """A pool ConfigMap entry that is neither a CIDR nor a first-last range."""
     POOL_EXHAUSTED = "pool_exhausted"
     """No free address to allocate in the pools of the Service's namespace."""
+    FD_BUDGET = "fd_budget"
+    """A PROXY listener haproxy has no file descriptors left for (the VIP stays)."""
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,14 @@ class DesiredState:
     """What each LoadBalancer Service asks for, sorted by Service (write-back's input)."""
     nodes: NodeSet = NodeSet(known=False, all=(), eligible=())
     allocations: tuple[Allocation, ...] = ()
+    """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""
     bgp: BgpSpeaker | None = None
     """In BGP mode: bird.conf's content (and no VRRP instances)."""
-    """Addresses the IPAM Lease holder should write onto Services (empty without pools)."""
+    listener_checks: int = 0
+    """The servers of ``listeners``, each with a health check (haproxy_fds counts them)."""
+    haproxy_fd_limit: int | None = None
+    """The file descriptors haproxy may open (None: not known, nothing is checked)."""
+    haproxy_min_connections: int = 100
+    """The fewest connections haproxy must have room for besides listeners and checks."""
+    haproxy_threads: int | None = None
+    """The threads haproxy runs (None: not known, the most it may start is counted)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import jinja2
 
-from agent.core import grammar
+from agent.core import grammar, haproxy_fds
 from agent.core.memo import Generations
 from agent.core.model import (
     Announcement,
@@ -345,6 +345,10 @@ class Renderer:
         self._by_id_last, self._by_id = self._by_id, {}
         self._blocks_last, self.blocks = self.blocks, {}
         values = self._values
+        try:
+            fds = haproxy_fds.for_state(state)
+        except haproxy_fds.FdBudgetError as err:
+            raise RenderError(str(err)) from err
         return {
             "router_id": _safe(state.router_id),
             "notify_fifo": _safe(state.notify_fifo) if state.notify_fifo else None,
@@ -357,6 +361,8 @@ class Renderer:
             "node": _safe(state.router_id),
             "bgp": _bgp(state.bgp) if state.bgp else None,
             "hard_stop_after": f"{state.haproxy_hard_stop_after_s}s",
+            "fd_hard_limit": fds.limit if fds is not None else None,
+            "maxconn": fds.maxconn if fds is not None else None,
         }
 
     def render(self, state: DesiredState, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, str]:

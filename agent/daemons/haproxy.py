@@ -10,8 +10,12 @@ last.  haproxy.cfg is 0640.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
+import resource
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from pathlib import Path
 from agent import validate
 from agent.daemons.process import Clock, ReloadOutcome, Supervised
 from agent.daemons.spec import ConfigFile, Hook
-from agent.settings import Settings
+from agent.settings import Daemons, Settings
 
 log = logging.getLogger("vip-agent.daemons")
 
@@ -189,6 +193,71 @@ def sections(text: str) -> list[validate.Block] | None:
     if pending:
         found.append(validate.Block("", "".join(pending)))
     return found
+
+
+SystemctlShow = Callable[[str, str], str | None]
+"""(unit, property) -> the property's value as ``systemctl show`` prints it, or None."""
+
+
+def _systemctl_show(unit: str, prop: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["systemctl", "show", unit, "--property", prop, "--value"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def fd_limit(
+    settings: Settings,
+    *,
+    rlimit: Callable[[], tuple[int, int]] = lambda: resource.getrlimit(resource.RLIMIT_NOFILE),
+    systemctl_show: SystemctlShow = _systemctl_show,
+) -> int | None:
+    """The file descriptors haproxy will be able to open, or None when not known.
+
+    haproxy raises its soft RLIMIT_NOFILE up to the hard one, so the hard limit is what
+    counts: the agent's own under ``supervise`` (its children inherit it), the unit's
+    ``LimitNOFILE`` (which systemctl reports as the hard limit) under ``systemd``.
+    """
+    if settings.haproxy_fd_limit is not None:
+        return settings.haproxy_fd_limit
+    if settings.daemons is Daemons.SUPERVISE:
+        hard = rlimit()[1]
+        return None if hard == resource.RLIM_INFINITY else hard
+    if settings.daemons is Daemons.SYSTEMD:
+        value = systemctl_show(HAPROXY_CFG.unit, "LimitNOFILE")
+        return int(value) if value and value.isdigit() else None  # "infinity": no limit
+    return None
+
+
+def threads(settings: Settings, *, cpus: Callable[[], int] | None = None) -> int | None:
+    """The threads haproxy will run, or None when not known: under ``supervise`` one per
+    CPU the agent may run on, as haproxy (its child, with its affinity) starts by default."""
+    if settings.haproxy_threads is not None:
+        return settings.haproxy_threads
+    if settings.daemons is not Daemons.SUPERVISE:
+        return None
+    count = cpus() if cpus is not None else len(os.sched_getaffinity(0))
+    return min(count, 64)
+
+
+def with_fd_limit(
+    settings: Settings, *, systemctl_show: SystemctlShow = _systemctl_show
+) -> Settings:
+    """``settings`` with ``haproxy_fd_limit`` and ``haproxy_threads`` filled in as found
+    here, so the pure core renders and checks haproxy.cfg for the limit haproxy will
+    really have."""
+    limit = fd_limit(settings, systemctl_show=systemctl_show)
+    count = threads(settings)
+    if (limit, count) == (settings.haproxy_fd_limit, settings.haproxy_threads):
+        return settings
+    return dataclasses.replace(settings, haproxy_fd_limit=limit, haproxy_threads=count)
 
 
 def _config_path(settings: Settings) -> Path:

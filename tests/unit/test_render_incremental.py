@@ -33,7 +33,16 @@ from tests.conftest import EXAMPLES, ROOT
 
 BASE: list[dict[str, Any]] = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())["items"]
 SETTINGS = Settings(
-    node_name="worker-1", interface="eth0", unicast=True, spread=True, node_selector=""
+    node_name="worker-1",
+    interface="eth0",
+    unicast=True,
+    spread=True,
+    node_selector="",
+    # haproxy has room for one of the example's two PROXY listeners (2 servers each, 3
+    # descriptors): most changes keep the first only, some both (agent.core.haproxy_fds)
+    haproxy_fd_limit=256,
+    haproxy_threads=2,
+    haproxy_min_connections=106,
 )
 FILES = outputs(config_files_for(SETTINGS))
 KINDS = [
@@ -199,6 +208,8 @@ def test_a_kept_renderer_renders_what_a_fresh_one_does(changes: list[tuple[str, 
             Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
         )
         assert state == cold_state(objs)
+        # counted pass by pass (agent.core.translate.passes), never walked
+        assert state.listener_checks == sum(len(lst.servers) for lst in state.listeners)
         assert renderer.render(state, FILES) == cold(objs)
 
 

@@ -9,7 +9,9 @@ The steps, one module each:
   * ``passes``: what one translation keeps for the next in a caller-owned
     :class:`PlanMemo`, so that a change costs in proportion to what it changed;
   * ``vrrp`` and ``control_plane``: instances, ids, priorities, peers, the apiserver
-    frontend and its health track file.
+    frontend and its health track file;
+  * agent.core.haproxy_fds: the PROXY listeners haproxy has file descriptors for, first
+    come first served like the slots.
 
 Nothing here reads the clock, the environment, the network or a file: the
 same snapshot and settings give the same DesiredState, byte for byte once
@@ -56,6 +58,7 @@ VRRP layout, and why it is stable
 
 from __future__ import annotations
 
+from agent.core import haproxy_fds
 from agent.core.addresses import Forbidden, HostFacts
 from agent.core.model import (
     Allocation,
@@ -176,6 +179,17 @@ def translate(
         cp = control_plane(settings, vip=cp_vip, nodes=nodes, interface=interface, rej=rej)
     if not nodes.serves_services:
         forwarding = Forwarded(virtual_servers=(), listeners=(), local_vips=forwarding.local_vips)
+    # after the control plane, whose frontend haproxy always has room for first
+    listeners, checks, cut = haproxy_fds.fit(
+        forwarding.listeners,
+        checks=forwarding.checks,
+        order=memo.listeners_by_request(),
+        apiserver=cp.apiserver if cp is not None else None,
+        limit=settings.haproxy_fd_limit,
+        min_connections=settings.haproxy_min_connections,
+        threads=settings.haproxy_threads,
+    )
+    rej.items.extend(cut)
     bgp = None
     instances: list[VrrpInstance] = []
     if settings.mode is Mode.BGP:
@@ -202,11 +216,15 @@ def translate(
         router_id=node_name,
         instances=tuple(instances),
         virtual_servers=forwarding.virtual_servers,
-        listeners=forwarding.listeners,
+        listeners=listeners,
+        listener_checks=checks,
         apiserver=cp.apiserver if cp is not None else None,
         track_files=(cp.track_file,) if cp is not None and bgp is None else (),
         haproxy_stats_socket=settings.haproxy_stats_socket,
         haproxy_hard_stop_after_s=settings.haproxy_hard_stop_after,
+        haproxy_fd_limit=settings.haproxy_fd_limit,
+        haproxy_min_connections=settings.haproxy_min_connections,
+        haproxy_threads=settings.haproxy_threads,
         notify_fifo=settings.vrrp_notify_fifo,
         rejections=tuple(rej.items),
         service_vips=_accepted(asks.asked, ownership),

@@ -29,7 +29,7 @@ test_render_incremental.py checks it over random change sequences).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -88,6 +88,9 @@ class Forwarded:
     """Sorted by (family, VIP, port)."""
     local_vips: Mapping[IPAddress, bool]
     """For Local-policy VIPs: does this node have a ready endpoint of it?"""
+    checks: int = 0
+    """The servers of ``listeners`` (haproxy checks each), kept up to date pass by pass
+    so that haproxy's file descriptor budget costs no walk over every listener."""
 
 
 class _Entry(NamedTuple):
@@ -107,6 +110,8 @@ class _Entry(NamedTuple):
     listeners: tuple[tuple[ListenerKey, ProxyListener], ...]
     local: bool | None
     """For a Local-policy plan: does it have a ready endpoint here (None: not Local)."""
+    checks: int
+    """The servers of its listeners."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ class _Forwarding:
     virtual_servers: _Sorted = field(default_factory=lambda: _Sorted([], []))
     listeners: _Sorted = field(default_factory=lambda: _Sorted([], []))
     local_vips: dict[IPAddress, bool] = field(default_factory=dict)
+    checks: int = 0
     result: Forwarded | None = None
     rejections: tuple[Rejection, ...] | None = None
 
@@ -315,6 +321,7 @@ class PlanMemo:
                 virtual_servers=tuple(state.virtual_servers.values),
                 listeners=tuple(state.listeners.values),
                 local_vips=dict(state.local_vips),
+                checks=state.checks,
             )
         return state.result
 
@@ -333,7 +340,7 @@ class PlanMemo:
         )
         if plan is None:
             none = frozenset[Slot]()
-            return _Entry(request, None, none, none, none, tuple(own.items), (), (), None)
+            return _Entry(request, None, none, none, none, tuple(own.items), (), (), None, 0)
         out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
         slots = plan.slots
         prior = slots & taken
@@ -349,6 +356,7 @@ class PlanMemo:
             tuple(out.virtual_servers.items()),
             tuple(out.listeners.items()),
             out.local_vips.get(request.vip),
+            sum(len(listener.servers) for listener in out.listeners.values()),
         )
 
     def _full(self, inputs: _Inputs, snapshot: Snapshot) -> _Forwarding:
@@ -368,6 +376,7 @@ class PlanMemo:
                 state.users[slot] = state.users.get(slot, 0) + 1
             virtual_servers.update(entry.virtual_servers)
             listeners.update(entry.listeners)
+            state.checks += entry.checks
             if entry.local is not None:
                 vip = request.vip
                 state.local_vips[vip] = state.local_vips.get(vip, False) or entry.local
@@ -443,8 +452,18 @@ class PlanMemo:
                 last.rejections = None
             last.virtual_servers.swap(before.virtual_servers, entry.virtual_servers)
             last.listeners.swap(before.listeners, entry.listeners)
+            last.checks += entry.checks - before.checks
             _local_again(last, entry.request.vip)
         return last
+
+    def listeners_by_request(self) -> Iterator[tuple[VipRequest, list[ProxyListener]]]:
+        """The last forwarding's listeners request by request, in admission order (each
+        request's in its Service's port order): agent.core.haproxy_fds walks them when
+        they do not all fit, and needs no matching of listener to request then."""
+        state = self._forwarding
+        for entry in state.entries if state is not None else ():
+            if entry is not None and entry.listeners:
+                yield entry.request, [listener for _, listener in entry.listeners]
 
     # --- VRRP ---------------------------------------------------------------------
 
@@ -475,10 +494,12 @@ def _splice(
         _count(last.users, entry.slots, -1)
         last.virtual_servers.swap(entry.virtual_servers, ())
         last.listeners.swap(entry.listeners, ())
+        last.checks -= entry.checks
     for entry in added:
         _count(last.users, entry.slots, 1)
         last.virtual_servers.swap((), entry.virtual_servers)
         last.listeners.swap((), entry.listeners)
+        last.checks += entry.checks
     last.inputs, last.entries = inputs, entries
     last.by_service, last.by_vip = {}, {}
     for index, kept in enumerate(entries):
