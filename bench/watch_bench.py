@@ -373,7 +373,6 @@ class Changes:
         self.pool = iter(CHANGE_POOL.hosts())
         self.pool6 = iter(CHANGE_POOL6.hosts())
         self.ports: dict[int, int] = {}
-        self.added = False
 
     def make(self, n: int, count: int) -> tuple[str, str, bool]:
         """Change a random IPv4 Service (n % 3 == 0: its Endpoints, 1: its port) or the
@@ -385,7 +384,9 @@ class Changes:
         if n % 3 == 2:
             # an admission change: who owns which VIP is decided again, VRRP changes
             key = ADDED_VIP.replace(":", "-")
-            adding = not self.added
+            # what the ConfigMap holds now (the bench rewrites it as the cluster grows)
+            data = self.api.request("GET", f"{base}/configmaps/vip-configmap").get("data") or {}
+            adding = key not in data
             value = f"{NAMESPACE}/svc-{i}" if adding else None
             self.api.request(
                 "PATCH",
@@ -393,7 +394,6 @@ class Changes:
                 body={"data": {key: value}},
                 content_type=merge,
             )
-            self.added = adding
             return "vip-configmap", f"virtual_server {ADDED_VIP} ", adding
         if n % 3 == 0:
             new_ip = str(next(self.pool))
