@@ -487,6 +487,7 @@ def burst(api: Any, child: Child, changes: Changes, count: int, size: int) -> No
 def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool) -> None:
     totals: list[float] = []
     reloads: list[float] = []
+    reloads_by_kind: dict[str, list[float]] = {}
     stages: dict[str, list[float]] = {"watch": [], "coalesce": [], "translate": [], "render": []}
     kinds: dict[str, list[float]] = {"Endpoints": [], "Service": [], "vip-configmap": []}
     by_kind: dict[str, list[tuple[float, float]]] = {}
@@ -501,6 +502,7 @@ def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool)
             kinds[kind].append(total)
             if reloaded is not None:
                 reloads.append(reloaded - accepted)
+                reloads_by_kind.setdefault(kind, []).append(reloaded - accepted)
             if record["notify"] and record["snapshot"] and record["rendered"]:
                 stages["watch"].append(record["notify"] - accepted)
                 stages["coalesce"].append(record["snapshot"] - record["notify"])
@@ -534,6 +536,8 @@ def measure(child: Child, changes: Changes, count: int, runs: int, reload: bool)
             f"    {kind:>13} changes: {p50_99(values)} (p50 translate {translate:.0f} ms, "
             f"render + validate + apply {rest:.0f} ms)"
         )
+        if kind in reloads_by_kind:
+            print(f"    {'':>13}   -> keepalived reload confirmed: {p50_99(reloads_by_kind[kind])}")
     print("  stages (p50 / p99 ms):")
     for name, label in (
         ("watch", "watch delivery (answer -> notify)"),
