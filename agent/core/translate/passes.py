@@ -372,8 +372,7 @@ class PlanMemo:
             state.entries.append(entry)
             state.by_service.setdefault(request.service, []).append(index)
             state.by_vip.setdefault(request.vip, []).append(index)
-            for slot in entry.slots:
-                state.users[slot] = state.users.get(slot, 0) + 1
+            _count(state.users, entry.slots, 1)
             virtual_servers.update(entry.virtual_servers)
             listeners.update(entry.listeners)
             state.checks += entry.checks
@@ -585,15 +584,12 @@ def _moved(last: _Forwarding, before: _Entry, entry: _Entry) -> bool:
     (no one else looked at them, so no one else's outcome changes; it found none taken).
     Counts its new slots in when it can."""
     users = last.users
-    for slot in before.slots:
-        users[slot] -= 1
+    _count(users, before.slots, -1)
     alone = (
         not entry.prior
-        and not any(users[s] for s in before.slots)
-        and not any(users.get(s, 0) for s in entry.slots)
+        and not any(users.get(s, 0) for s in before.slots | entry.slots)
         and (before.slots | entry.slots).isdisjoint(last.inputs.initial)
     )
     if alone:
-        for slot in entry.slots:
-            users[slot] = users.get(slot, 0) + 1
+        _count(users, entry.slots, 1)
     return alone
