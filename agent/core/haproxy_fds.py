@@ -102,8 +102,7 @@ def budget(
 ) -> FdBudget:
     """The global limits for haproxy.cfg, or FdBudgetError when it cannot fit in ``limit``."""
     fixed = FIXED + listeners + checks + 3 * threads
-    room = (limit - fixed) // 2
-    if room < min_connections:
+    if listeners + checks > room(limit=limit, min_connections=min_connections, threads=threads):
         raise FdBudgetError(
             f"haproxy.cfg refused: {listeners} listeners and {checks} health checks "
             f"({threads} threads) need {fixed} file descriptors, and at least "
@@ -112,7 +111,8 @@ def budget(
             "(haproxy_fd_limit, its hard RLIMIT_NOFILE); raise haproxy's LimitNOFILE, "
             "or serve fewer PROXY Services from this node"
         )
-    maxconn = room if room < HAPROXY_FLOOR else None
+    connections = (limit - fixed) // 2
+    maxconn = connections if connections < HAPROXY_FLOOR else None
     return FdBudget(
         listeners=listeners,
         checks=checks,
