@@ -144,15 +144,13 @@ class Keepalived(Supervised):
             except Exception as err:  # netlink errors are not OSError; the log thread must live
                 log.error("keepalived: cannot release the VIPs: %s", err)
 
-    def _children(self) -> int:
+    def _has_children(self) -> bool:
+        """Whether a child process (VRRP, checkers, BFD) runs: the parent then logs "Reload
+        complete" once they have all read the file, and nothing more without one."""
         import psutil  # not at the top: `render --dry-run` runs no daemon
 
-        count = 0
-        for pidfile in (self.vrrp_pidfile, self.checkers_pidfile, self.bfd_pidfile):
-            pid = read_pid(pidfile)
-            if pid is not None and psutil.pid_exists(pid):
-                count += 1
-        return count
+        pids = (read_pid(f) for f in (self.vrrp_pidfile, self.checkers_pidfile, self.bfd_pidfile))
+        return any(pid is not None and psutil.pid_exists(pid) for pid in pids)
 
     def reload(self) -> ReloadOutcome:
         started = time.monotonic()
@@ -169,7 +167,7 @@ class Keepalived(Supervised):
                 lambda: self.up, timeout=self.confirm_timeout
             ):
                 return ReloadOutcome(False, "keepalived did not finish starting", 0.0)
-            children = self._children() > 0
+            children = self._has_children()
             started_mark = self.reloads_started
             self.child.signal(signal.SIGHUP)
             if self.child.popen is None:
