@@ -11,6 +11,7 @@ protocol KubeSource uses:
 * watches as chunked ``application/json`` streams: replay after ``resourceVersion``,
   then live events, ``BOOKMARK`` on request, an ``ERROR`` event with a 410 Status when the
   resourceVersion was "compacted", and the stream ends after ``timeoutSeconds``;
+* an ``ERROR`` event with any other Status, injected per path (an etcd failure mid-watch);
 * failure Status answers (403, 500 ...) injected per path.
 
 The kubernetes client's real ApiClient and urllib3 talk to it, so only the server side is
@@ -59,6 +60,9 @@ class FakeApiServer:
     """path -> (code, reason, message) answered to every request for it."""
     watch_failures: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     """path -> HTTP failure answered once to the next watch (e.g. 410 from a watch cache)."""
+    stream_errors: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    """path -> Status sent once as an ERROR event that ends the next watch stream (what
+    kube-apiserver 1.20 sends for an etcd failure mid-watch, e.g. 500 "PrevKv=nil")."""
     requests: list[tuple[str, Obj]] = field(default_factory=list)
     bookmarks: bool = True
     paused: bool = False
@@ -240,6 +244,14 @@ class FakeApiServer:
         selector = query.get("fieldSelector", "")
         name = selector.partition("=")[2] if selector.startswith("metadata.name=") else None
         bookmarks = query.get("allowWatchBookmarks") == "true" and self.bookmarks
+        with self.cond:
+            error = self.stream_errors.pop(path, None)
+        if error is not None:
+            code, reason, message = error
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+            status |= {"code": code, "reason": reason, "message": message}
+            yield json.dumps({"type": "ERROR", "object": status})
+            return
         while True:
             with self.cond:
                 if since < self.compacted:

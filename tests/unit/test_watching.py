@@ -117,3 +117,44 @@ def test_a_failing_consumer_is_retried_by_the_loop(
     assert seen[1] == seen[5]  # watched again from before the event: it came again
     assert sleeps == [0.375]
     assert any("services: unexpected failure" in r.getMessage() for r in caplog.records)
+
+
+def test_an_error_event_mid_watch_is_retried_from_the_same_version(fake: FakeApiServer) -> None:
+    """kube-apiserver 1.20 ends a watch with ERROR 500 "etcd event received with
+    PrevKv=nil" when etcd compacts a DELETE's previous value while the watch replays (seen
+    in CI). Not a 410: no relist; a warning, a backoff, the same resourceVersion again,
+    and the change made meanwhile still arrives (a later 410 would relist)."""
+    fake.put(PATH, objects.service("web", [objects.port("http", 80)]))
+    stopping = threading.Event()
+    sleeps: list[float] = []
+    watch = make_watch(fake, stopping, sleeps)
+    events = watch.events()
+    assert isinstance(next(events), Listed)
+    listed_rv = str(fake.rv)
+    message = 'Internal error occurred: etcd event received with PrevKv=nil (key="/x")'
+    fake.stream_errors[PATH] = (500, "InternalError", message)
+    fake.put(PATH, objects.service("db", [objects.port("pg", 5432)]))
+    seen: list[Event] = []
+
+    def take() -> None:  # in a thread: a regression that waits for more must not hang
+        for event in events:
+            seen.append(event)
+            if len(seen) == 4 or stopping.is_set():
+                return
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(10)
+    stopping.set()
+    watch.close_stream()
+    thread.join(5)
+    assert [type(e).__name__ for e in seen] == ["Failed", "Restarted", "Recovered", "Upserted"]
+    failed = seen[0]
+    assert isinstance(failed, Failed) and failed.level == logging.WARNING
+    assert "PrevKv=nil" in failed.message
+    assert isinstance(seen[3], Upserted) and seen[3].key == ("default", "db")
+    assert sleeps == [0.375]
+    watches = [q for p, q in fake.requests if p == PATH and q.get("watch")]
+    lists = [q for p, q in fake.requests if p == PATH and not q.get("watch")]
+    assert len(lists) == 1
+    assert [q["resourceVersion"] for q in watches] == [listed_rv, listed_rv]
