@@ -8,7 +8,11 @@ for `-o yaml` input and once for `-o json` input (the same objects).  For JSON i
 also times the floor, a fresh Python doing nothing but ``json.load`` of the same file,
 and reports the ratio of the two (both beyond interpreter start-up).
 
-    python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3]
+With ``--stages N`` it also times each stage of the JSON dry run in one fresh process
+(imports, a bare ``json.load`` of the input for comparison, reading it into a snapshot,
+translate, render), the median of N such processes.
+
+    python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3] [--stages 0]
 """
 
 from __future__ import annotations
@@ -117,6 +121,46 @@ REPORT_RSS = (
 )
 
 
+# Where a dry run's time goes, stage by stage, in one fresh process: the same calls as
+# `vip-agent render --dry-run` (agent.cli._render_once) less writing the files.
+STAGES = """
+import gc, json, sys, time
+t0 = time.perf_counter()
+from agent.cli import (config_files_for, load_settings, load_snapshot, node_name_of,
+                       outputs, render_mod, template_dirs, translate)
+t1 = time.perf_counter()
+gc.disable()
+path = sys.argv[1]
+with open(path) as f:
+    json.load(f)
+t2 = time.perf_counter()
+flags = dict(manifests=(path,), node_name="node-0", interface="eth0", spread=True,
+             unicast=True)
+settings = load_settings(None, flags)
+snapshot = load_snapshot(settings.manifests)
+t3 = time.perf_counter()
+state = translate(snapshot, settings, node_name=node_name_of(settings),
+                  interface=settings.interface)
+t4 = time.perf_counter()
+render_mod.Renderer(template_dirs(settings), once=True).render(
+    state, outputs(config_files_for(settings)))
+t5 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "json.load": t2 - t1, "read": t3 - t2,
+                  "translate": t4 - t3, "render": t5 - t4}))
+"""
+
+
+def stages(path: Path, repeat: int) -> dict[str, float]:
+    """Median seconds per stage over ``repeat`` fresh processes."""
+    runs = []
+    for _ in range(repeat):
+        done = subprocess.run(
+            [sys.executable, "-c", STAGES, str(path)], capture_output=True, text=True, check=True
+        )
+        runs.append(json.loads(done.stdout))
+    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+
+
 def run_once(argv: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -131,6 +175,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--stages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time each stage of the JSON dry run, median of N fresh processes",
+    )
     parser.add_argument(
         "--generate", nargs=3, metavar=("N", "FORMAT", "PATH"), help=argparse.SUPPRESS
     )
@@ -186,6 +237,10 @@ def main() -> None:
                 f"{n:>9} {fmt:>6} {size:>5.1f} {wall:>11.3f} {wall - startup:>18.3f} "
                 f"{rss / 1e6:>12.1f} {floor}"
             )
+            if fmt == "json" and args.stages:
+                parts = stages(path, args.stages)
+                shown = ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items())
+                print(f"{'':>9} stages, ms (median of {args.stages}, one process each): {shown}")
 
 
 if __name__ == "__main__":
