@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import validate
+from agent.core.haproxy_fds import MAX_THREADS
 from agent.daemons.process import Clock, ReloadOutcome, Supervised
 from agent.daemons.spec import ConfigFile, Hook
 from agent.settings import Daemons, Settings
@@ -244,7 +245,7 @@ def threads(settings: Settings, *, cpus: Callable[[], int] | None = None) -> int
     if settings.daemons is not Daemons.SUPERVISE:
         return None
     count = cpus() if cpus is not None else len(os.sched_getaffinity(0))
-    return min(count, 64)
+    return min(count, MAX_THREADS)
 
 
 def with_fd_limit(
