@@ -40,6 +40,12 @@ class _Event:
     obj: Obj
 
 
+def _failure(code: int, reason: str, message: str) -> Obj:
+    """A failure Status, as an HTTP answer's body or a watch ERROR event's object."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    return {**status, "code": code, "reason": reason, "message": message}
+
+
 @dataclass
 class FakeApiServer:
     """In-memory objects per collection path, with one global resourceVersion (as etcd)."""
@@ -170,8 +176,7 @@ class FakeApiServer:
         handler.wfile.write(data)
 
     def _status(self, handler: BaseHTTPRequestHandler, code: int, reason: str, msg: str) -> None:
-        body = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
-        self._send_json(handler, code, {**body, "code": code, "reason": reason, "message": msg})
+        self._send_json(handler, code, _failure(code, reason, msg))
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         url = urllib.parse.urlsplit(handler.path)
@@ -247,22 +252,13 @@ class FakeApiServer:
         with self.cond:
             error = self.stream_errors.pop(path, None)
         if error is not None:
-            code, reason, message = error
-            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
-            status |= {"code": code, "reason": reason, "message": message}
-            yield json.dumps({"type": "ERROR", "object": status})
+            yield json.dumps({"type": "ERROR", "object": _failure(*error)})
             return
         while True:
             with self.cond:
                 if since < self.compacted:
-                    gone = {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "message": f"too old resource version: {since} ({self.compacted})",
-                        "reason": "Expired",
-                        "code": 410,
-                    }
+                    message = f"too old resource version: {since} ({self.compacted})"
+                    gone = _failure(410, "Expired", message)
                     yield json.dumps({"type": "ERROR", "object": gone})
                     return
                 pending = [
