@@ -189,8 +189,14 @@ def changed(objs: list[dict[str, Any]], change: str, pick: int) -> list[dict[str
     return out
 
 
+def translated(objs: list[dict[str, Any]], memo: PlanMemo | None) -> DesiredState:
+    return translate(
+        Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
+    )
+
+
 def cold_state(objs: list[dict[str, Any]]) -> DesiredState:
-    return translate(Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0")
+    return translated(objs, None)
 
 
 def cold(objs: list[dict[str, Any]]) -> dict[str, str]:
@@ -204,9 +210,7 @@ def test_a_kept_renderer_renders_what_a_fresh_one_does(changes: list[tuple[str, 
     objs = BASE
     for change, pick in [("endpoint", 0), *changes]:
         objs = changed(objs, change, pick)
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
         # counted pass by pass (agent.core.translate.passes), never walked
         assert state.listener_checks == sum(len(lst.servers) for lst in state.listeners)
@@ -217,22 +221,16 @@ def test_an_endpoint_change_forwards_only_its_own_requests_again() -> None:
     """The patched path is the one a live agent takes: one endpoint change forwards the
     requests of one Service, not all (and still gives what a cold translation gives)."""
     memo, objs = PlanMemo(), BASE
-    translate(
-        Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-    )
+    translated(objs, memo)
     for pick in range(6):
         objs = changed(objs, "endpoint", pick)
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
     assert memo.incremental_passes == 6
     # a Service port moving to a slot no one else has is patched as well
     for pick in (3, 7, 11):
         objs = changed(objs, "port", pick)
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
     assert memo.incremental_passes == 9
 
@@ -241,7 +239,7 @@ def test_an_edited_template_is_used_at_once_with_no_old_block_kept(tmp_path: Pat
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
     renderer = render.Renderer([templates])
-    state = translate(Snapshot.from_objects(BASE), SETTINGS, node_name="worker-1", interface="eth0")
+    state = cold_state(BASE)
     before = renderer.render(state, FILES)["keepalived.conf"]
     assert "delay_loop" in before
     again = renderer.render(state, FILES)["keepalived.conf"]
@@ -264,9 +262,7 @@ def test_a_port_freed_on_a_shared_vip_goes_to_the_next_request() -> None:
         objs = [copy.deepcopy(o) if o["metadata"]["name"] == "web" else o for o in objs]
         web = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "web")
         web["spec"]["ports"][0]["port"] = port
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
         taken = [r for r in state.rejections if "already used" in r.reason]
         assert bool(taken) == (port == 80)
@@ -276,9 +272,7 @@ def test_a_port_freed_on_a_shared_vip_goes_to_the_next_request() -> None:
         objs = list(objs)
         objs[site] = copy.deepcopy(objs[site])
         endpoint_change(objs[site], "endpoint", port)
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
     assert memo.incremental_passes >= 3
     # the older one leaving port 80 frees it for web, which wants it again (and coming
@@ -289,16 +283,8 @@ def test_a_port_freed_on_a_shared_vip_goes_to_the_next_request() -> None:
             o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "static-site"
         )
         site["spec"]["ports"][0]["port"] = port
-        state = translate(
-            Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-        )
+        state = translated(objs, memo)
         assert state == cold_state(objs)
-
-
-def translated(objs: list[dict[str, Any]], memo: PlanMemo) -> DesiredState:
-    return translate(
-        Snapshot.from_objects(objs), SETTINGS, node_name="worker-1", interface="eth0", memo=memo
-    )
 
 
 def configmap_edited(objs: list[dict[str, Any]], **entries: str | None) -> list[dict[str, Any]]:
