@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from agent.daemons.keepalived import Keepalived
 from labkit.checkers import ScratchNamespace, root_skip_reason
+from tests.support.cluster import eventually
 from tests.support.requirements import require_binaries, unavailable
 
 
@@ -94,13 +94,12 @@ def test_reload_with_two_children_is_confirmed_by_the_parents_one_line(tmp_path:
 
 
 def _reload_three_times(daemon: _Recording) -> None:
-    deadline = time.monotonic() + 10
     children = ("Starting VRRP child", "Starting BFD child")
-    while time.monotonic() < deadline and not all(
-        any(mark in line for line in daemon.lines) for mark in children
-    ):
-        time.sleep(0.05)
-    assert all(any(mark in line for line in daemon.lines) for mark in children), daemon.lines
+    eventually(
+        lambda: all(any(mark in line for line in daemon.lines) for mark in children),
+        what="keepalived logging both children started",
+        timeout=10,
+    )
     for n in range(1, 4):
         outcome = daemon.reload()
         assert outcome.ok, (outcome, daemon.lines[-20:])
