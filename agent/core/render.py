@@ -275,8 +275,6 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
-        self.env.globals["block"] = self._block
-        self.env.globals["blocks"] = self._blocks
         self.values: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = (
             Generations()
         )
@@ -367,7 +365,11 @@ class Renderer:
 
     def render(self, state: DesiredState, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, str]:
         """``{file name: text}`` for every entry of ``outputs`` (file name -> template)."""
-        values = self.context(state)
+        # block() and blocks() reach the templates through each render's context, not the
+        # environment's globals: globals would tie the environment to this Renderer in a
+        # reference cycle, and a cycle keeps a whole pass's values and texts alive until
+        # the cyclic collector walks them (a tenth of a 5,000-Service dry run)
+        values = {**self.context(state), "block": self._block, "blocks": self._blocks}
         out: dict[str, str] = {}
         for name, template in outputs.items():
             try:

@@ -10,8 +10,10 @@ template edited on disk must show at once, with no block kept from the old one.
 from __future__ import annotations
 
 import copy
+import gc
 import ipaddress
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +250,23 @@ def test_an_edited_template_is_used_at_once_with_no_old_block_kept(tmp_path: Pat
     path.write_text(path.read_text().replace("    delay_loop {{", "    delay_loop_EDITED {{"))
     after = renderer.render(state, FILES)["keepalived.conf"]
     assert "delay_loop_EDITED" in after and "    delay_loop " not in after
+
+
+def test_a_dropped_renderer_is_freed_without_the_cyclic_collector() -> None:
+    """Nothing a render leaves behind ties the Renderer into a reference cycle: a cycle
+    would keep every value and text of the pass alive until the collector walked them,
+    which cost a 5,000-Service dry run a tenth of its time."""
+    renderer = render.Renderer(template_dirs(None), once=True)
+    assert renderer.render(cold_state(BASE), FILES)["keepalived.conf"]
+    gone = weakref.ref(renderer)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del renderer
+        assert gone() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_a_port_freed_on_a_shared_vip_goes_to_the_next_request() -> None:
