@@ -12,12 +12,37 @@ from pathlib import Path
 from agent.apply import Target
 from agent.assets import template_dirs
 from agent.core.snapshot import Snapshot
-from agent.daemons import ReloadOutcome
-from agent.reconcile import Agent
+from agent.daemons import Daemon, ReloadOutcome
+from agent.reconcile import Agent, Source
 from agent.settings import Settings
 from agent.validate import CheckResult
 from labkit import objects
 from tests.unit.test_render_incremental import BASE, KINDS, SETTINGS, changed
+
+MODES = {"keepalived.conf": 0o600, "haproxy.cfg": 0o640}
+
+
+def make_agent(
+    tmp_path: Path,
+    source: Source,
+    settings: Settings,
+    *,
+    files: tuple[str, ...] = tuple(MODES),
+    daemons: dict[str, Daemon] | None = None,
+    node_name: str = "n1",
+) -> Agent:
+    """An agent installing ``files`` in ``tmp_path``, with checkers that accept all (the
+    checkers are not the subject here)."""
+    accept = lambda _p: CheckResult(True, "")  # noqa: E731
+    return Agent(
+        settings=settings,
+        source=source,
+        daemons=daemons or {},
+        targets=[Target(name, tmp_path / name, MODES[name], accept) for name in files],
+        template_dirs=lambda: template_dirs(None),
+        node_name=node_name,
+        interface="eth0",
+    )
 
 
 class ChangesDuringTheFirstPass:
@@ -45,19 +70,7 @@ class ChangesDuringTheFirstPass:
 
 def test_an_event_during_the_first_pass_brings_another_pass(tmp_path: Path) -> None:
     source = ChangesDuringTheFirstPass()
-    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
-    agent = Agent(
-        settings=Settings(interface="eth0", coalesce_seconds=0.01),
-        source=source,
-        daemons={},
-        targets=[
-            Target("keepalived.conf", tmp_path / "keepalived.conf", 0o600, accept),
-            Target("haproxy.cfg", tmp_path / "haproxy.cfg", 0o640, accept),
-        ],
-        template_dirs=lambda: template_dirs(None),
-        node_name="n1",
-        interface="eth0",
-    )
+    agent = make_agent(tmp_path, source, Settings(interface="eth0", coalesce_seconds=0.01))
     stop = threading.Event()
     loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     loop.start()
@@ -89,16 +102,8 @@ class Counting:
 
 
 def running_agent(tmp_path: Path, source: Counting, interval: float) -> threading.Event:
-    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
-    agent = Agent(
-        settings=Settings(interface="eth0", coalesce_seconds=interval),
-        source=source,
-        daemons={},
-        targets=[Target("keepalived.conf", tmp_path / "keepalived.conf", 0o600, accept)],
-        template_dirs=lambda: template_dirs(None),
-        node_name="n1",
-        interface="eth0",
-    )
+    settings = Settings(interface="eth0", coalesce_seconds=interval)
+    agent = make_agent(tmp_path, source, settings, files=("keepalived.conf",))
     stop = threading.Event()
     threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
     return stop
@@ -226,17 +231,11 @@ def test_files_go_on_being_installed_while_keepalived_confirms_a_reload(tmp_path
     installed meanwhile; one reload at a time, and the next one reads the last file."""
     config = tmp_path / "keepalived.conf"
     keepalived, source = SlowReload(config), Endpoint()
-    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
-    agent = Agent(
-        settings=Settings(
-            interface="eth0", coalesce_seconds=0.01, keepalived_reload_interval=0, spread=False
-        ),
-        source=source,
-        daemons={"keepalived": keepalived},
-        targets=[Target("keepalived.conf", config, 0o600, accept)],
-        template_dirs=lambda: template_dirs(None),
-        node_name="n1",
-        interface="eth0",
+    settings = Settings(
+        interface="eth0", coalesce_seconds=0.01, keepalived_reload_interval=0, spread=False
+    )
+    agent = make_agent(
+        tmp_path, source, settings, files=("keepalived.conf",), daemons={"keepalived": keepalived}
     )
     stop = threading.Event()
     loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
@@ -285,19 +284,7 @@ def test_a_pass_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
     first pass's would never be freed once replaced, and later ones would bring back the
     collector's runs over a large heap.  Every kind of change, a pass each."""
     source = Changing()
-    accept = lambda _p: CheckResult(True, "")  # noqa: E731 - the checkers are not the subject
-    agent = Agent(
-        settings=SETTINGS,
-        source=source,
-        daemons={},
-        targets=[
-            Target("keepalived.conf", tmp_path / "keepalived.conf", 0o600, accept),
-            Target("haproxy.cfg", tmp_path / "haproxy.cfg", 0o640, accept),
-        ],
-        template_dirs=lambda: template_dirs(None),
-        node_name="worker-1",
-        interface="eth0",
-    )
+    agent = make_agent(tmp_path, source, SETTINGS, node_name="worker-1")
     agent.reconcile()
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
