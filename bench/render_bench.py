@@ -4,9 +4,11 @@ For each size N it writes a cluster of N Services x 4 ready endpoints (each with
 the vip-configmap, NAT, one TCP port) plus 5 nodes, as one `kubectl get -o yaml` List, then
 runs `vip-agent render --dry-run` in a fresh process (the way an operator runs it) and
 reports wall time, the interpreter start-up it includes, and the child's peak RSS, once
-for `-o yaml` input and once for `-o json` input (the same objects).  For JSON input it
-also times the floor, a fresh Python doing nothing but ``json.load`` of the same file,
-and reports the ratio of the two (both beyond interpreter start-up).
+for `-o yaml` input and once for `-o json` input (the same objects).  For JSON input each
+dry run is paired with the floor, a fresh Python doing nothing but ``json.load`` of the
+same file, run right after it, and the ratio of the two (both beyond interpreter
+start-up) is the median of the pairs': in wall time, and in CPU time, which a busy
+neighbour on a shared machine sways less.
 
 With ``--stages N`` it also times each stage of the JSON dry run in one fresh process
 (imports, a bare ``json.load`` of the input for comparison, reading it into a snapshot,
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -110,15 +113,8 @@ def cluster(n: int) -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-# The measured process reports its own peak RSS as it exits.
-REPORT_RSS = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: sys.stderr.write("
-    "f'maxrss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
-    "sys.argv[0] = 'vip-agent'\n"
-    "from agent.cli import main\n"
-    "main()\n"
-)
+# `vip-agent` as an installed console script runs it
+AGENT = "import sys; sys.argv[0] = 'vip-agent'; from agent.cli import main; main()"
 
 
 # Where a dry run's time goes, stage by stage, in one fresh process: the same calls as
@@ -161,14 +157,26 @@ def stages(path: Path, repeat: int) -> dict[str, float]:
     return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
 
 
-def run_once(argv: list[str]) -> tuple[float, int]:
+class Run(NamedTuple):
+    wall: float
+    cpu: float
+    """user + system seconds"""
+    peak_rss: int
+    """bytes"""
+
+
+def run_once(argv: list[str]) -> Run:
+    """``argv`` in a fresh process: its wall time, and its own CPU time and peak RSS."""
     start = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    errors = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{argv} failed: {done.stderr}")
-    peak = [int(line.split("=")[1]) for line in done.stderr.splitlines() if "maxrss_kb=" in line]
-    return elapsed, (peak[-1] * 1024 if peak else 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{argv} failed: {errors.decode(errors='replace')}")
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
 
 
 def main() -> None:
@@ -197,8 +205,9 @@ def main() -> None:
     # run would compile the agent's modules again and time that instead
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "agent")], check=True)
-    startup = min(run_once([sys.executable, "-c", "pass"])[0] for _ in range(5))
-    imports = min(run_once([sys.executable, "-c", REPORT_RSS, "--help"])[0] for _ in range(3))
+    bare = [run_once([sys.executable, "-c", "pass"]) for _ in range(5)]
+    startup, startup_cpu = min(r.wall for r in bare), min(r.cpu for r in bare)
+    imports = min(run_once([sys.executable, "-c", AGENT, "--help"]).wall for _ in range(3))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
@@ -208,7 +217,7 @@ def main() -> None:
     )
     print(
         f"{'services':>9} {'input':>6} {'MB':>5} {'wall p50 s':>11} {'beyond start-up s':>18} "
-        f"{'peak RSS MB':>12} {'json.load s':>12} {'x json.load':>12}"
+        f"{'peak RSS MB':>12} {'json.load s':>12} {'x json.load':>12} {'CPU x':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for n, fmt in ((int(s), f) for s in args.sizes.split(",") for f in ("yaml", "json")):
@@ -220,19 +229,28 @@ def main() -> None:
             )
             out = Path(tmp) / f"out-{n}"
             argv = [
-                *(sys.executable, "-c", REPORT_RSS, "render", "--dry-run"),
+                *(sys.executable, "-c", AGENT, "render", "--dry-run"),
                 *("--manifests", str(path), "--node-name", "node-0", "--interface", "eth0"),
                 *("--spread", "--unicast", "--output-dir", str(out)),
             ]  # fmt: skip
-            runs = [run_once(argv) for _ in range(args.repeat)]
-            wall = statistics.median(r[0] for r in runs)
-            rss = max(r[1] for r in runs)
+            load = [sys.executable, "-c", f"import json; json.load(open({str(path)!r}))"]
+            runs, floors = [], []
+            for _ in range(args.repeat):
+                runs.append(run_once(argv))
+                if fmt == "json":
+                    floors.append(run_once(load))
+            wall = statistics.median(r.wall for r in runs)
+            rss = max(r.peak_rss for r in runs)
             size = path.stat().st_size / 1e6
             floor = ""
-            if fmt == "json":
-                load = [sys.executable, "-c", f"import json; json.load(open({str(path)!r}))"]
-                parse = statistics.median(run_once(load)[0] for _ in range(args.repeat)) - startup
-                floor = f"{parse:>12.3f} {(wall - startup) / parse:>12.1f}"
+            if floors:
+                pairs = list(zip(runs, floors, strict=True))
+                parse = statistics.median(f.wall for f in floors) - startup
+                ratio = statistics.median((r.wall - startup) / (f.wall - startup) for r, f in pairs)
+                cpu_ratio = statistics.median(
+                    (r.cpu - startup_cpu) / (f.cpu - startup_cpu) for r, f in pairs
+                )
+                floor = f"{parse:>12.3f} {ratio:>12.1f} {cpu_ratio:>6.1f}"
             print(
                 f"{n:>9} {fmt:>6} {size:>5.1f} {wall:>11.3f} {wall - startup:>18.3f} "
                 f"{rss / 1e6:>12.1f} {floor}"
