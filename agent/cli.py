@@ -12,15 +12,8 @@ from typing import Any, NoReturn
 
 import click
 
-from agent import assets
 from agent import settings as settings_mod
-from agent.apply import write_file
-from agent.core import render as render_mod
-from agent.core.translate import translate
-from agent.daemons import config_files_for
-from agent.daemons.spec import outputs
 from agent.settings import Settings, SettingsError, node_name_of
-from agent.sources.manifests import ManifestError, load_snapshot
 
 F = Callable[..., Any]
 
@@ -62,10 +55,6 @@ def load_settings(config_file: str | None, flags: dict[str, Any]) -> Settings:
 def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-def template_dirs(settings: Settings) -> list[Path]:
-    return assets.template_dirs(settings.templates)
 
 
 @click.group()
@@ -110,6 +99,16 @@ def render(
 def _render_once(
     output_dir: str | None, strict: bool, config_file: str | None, flags: dict[str, Any]
 ) -> None:
+    # Only a render needs Jinja, the translator and the daemons' file list: the other
+    # commands do without them (check-apiserver may run as a keepalived vrrp_script,
+    # every second or so, where they were a third of its start-up)
+    from agent import assets
+    from agent.apply import write_file
+    from agent.core import render as render_mod
+    from agent.core.translate import translate
+    from agent.daemons import config_files_for
+    from agent.daemons.spec import outputs
+    from agent.sources.manifests import ManifestError, load_snapshot
 
     try:
         settings = load_settings(config_file, flags)
@@ -124,7 +123,7 @@ def _render_once(
         snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
     )
     try:
-        files = render_mod.Renderer(template_dirs(settings), once=True).render(
+        files = render_mod.Renderer(assets.template_dirs(settings.templates), once=True).render(
             state, outputs(config_files_for(settings))
         )
     except (render_mod.RenderError, assets.NoTemplates) as err:

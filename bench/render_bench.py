@@ -122,8 +122,13 @@ AGENT = "import sys; sys.argv[0] = 'vip-agent'; from agent.cli import main; main
 STAGES = """
 import gc, json, sys, time
 t0 = time.perf_counter()
-from agent.cli import (config_files_for, load_settings, load_snapshot, node_name_of,
-                       outputs, render_mod, template_dirs, translate)
+from agent.assets import template_dirs
+from agent.cli import load_settings, node_name_of
+from agent.core import render as render_mod
+from agent.core.translate import translate
+from agent.daemons import config_files_for
+from agent.daemons.spec import outputs
+from agent.sources.manifests import load_snapshot
 t1 = time.perf_counter()
 gc.disable()
 path = sys.argv[1]
@@ -138,7 +143,7 @@ t3 = time.perf_counter()
 state = translate(snapshot, settings, node_name=node_name_of(settings),
                   interface=settings.interface)
 t4 = time.perf_counter()
-render_mod.Renderer(template_dirs(settings), once=True).render(
+render_mod.Renderer(template_dirs(settings.templates), once=True).render(
     state, outputs(config_files_for(settings)))
 t5 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "json.load": t2 - t1, "read": t3 - t2,

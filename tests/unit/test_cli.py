@@ -111,3 +111,15 @@ def test_readme_settings_reference_is_current() -> None:
     begin, end = "<!-- settings-reference:begin -->\n", "<!-- settings-reference:end -->"
     table = readme[readme.index(begin) + len(begin) : readme.index(end)]
     assert table == settings_reference(), "run: vip-agent settings --reference"
+
+
+def test_commands_other_than_render_start_without_jinja_or_the_translator() -> None:
+    """check-apiserver may run as a keepalived vrrp_script every second or so: the command
+    line loads only what every command needs, and render loads the rest."""
+    probe = (
+        "import sys; from agent.cli import main; "
+        "print(sorted(m for m in ('jinja2', 'agent.core.translate', 'agent.core.render') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
