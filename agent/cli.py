@@ -63,6 +63,16 @@ def main() -> None:
     """Highly available VIPs for Kubernetes with keepalived (VRRP + IPVS) and haproxy."""
 
 
+class OwnProcess:
+    """The commands run in a process of their own, which ends when they do (``entry``)."""
+
+
+def entry() -> None:
+    """The ``vip-agent`` command (the console script, ``python -m agent``).  Tests and other
+    callers invoke ``main`` in their own process, which a command must leave running."""
+    main(obj=OwnProcess())
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Render only: no daemons, no root, no /etc writes.")
 @click.option(
@@ -70,7 +80,10 @@ def main() -> None:
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when any input was rejected.")
 @settings_options
+@click.pass_obj
 def render(
+    process: OwnProcess | None,
+    /,
     dry_run: bool,
     output_dir: str | None,
     strict: bool,
@@ -90,14 +103,21 @@ def render(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _render_once(output_dir, strict, config_file, flags)
+        _render_once(
+            output_dir, strict, config_file, flags, end_process=isinstance(process, OwnProcess)
+        )
     finally:
         if collecting:
             gc.enable()
 
 
 def _render_once(
-    output_dir: str | None, strict: bool, config_file: str | None, flags: dict[str, Any]
+    output_dir: str | None,
+    strict: bool,
+    config_file: str | None,
+    flags: dict[str, Any],
+    *,
+    end_process: bool,
 ) -> None:
     # Only a render needs Jinja, the translator and the daemons' file list: the other
     # commands do without them (check-apiserver may run as a keepalived vrrp_script,
@@ -105,7 +125,7 @@ def _render_once(
     from agent import assets
     from agent.apply import write_file
     from agent.core import render as render_mod
-    from agent.core.translate import translate
+    from agent.core.translate import PlanMemo, translate
     from agent.daemons import config_files_for
     from agent.daemons.spec import outputs
     from agent.sources.manifests import ManifestError, load_snapshot
@@ -119,13 +139,19 @@ def _render_once(
         fail(str(err))
     if settings.interface is None:
         fail("setting interface is required for a dry run (--interface or VIP_AGENT_INTERFACE)")
+    # the memo and the renderer are held here, not made and dropped inside the calls, so
+    # that what they hold is freed with the rest (or not at all: ``end_process``)
+    memo = PlanMemo()
     state = translate(
-        snapshot, settings, node_name=node_name_of(settings), interface=settings.interface
+        snapshot,
+        settings,
+        node_name=node_name_of(settings),
+        interface=settings.interface,
+        memo=memo,
     )
     try:
-        files = render_mod.Renderer(assets.template_dirs(settings.templates), once=True).render(
-            state, outputs(config_files_for(settings))
-        )
+        renderer = render_mod.Renderer(assets.template_dirs(settings.templates), once=True)
+        files = renderer.render(state, outputs(config_files_for(settings)))
     except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))
     for rejection in state.rejections:
@@ -140,8 +166,22 @@ def _render_once(
         for name, text in files.items():
             click.echo(f"# ==> {name} <==")
             click.echo(text, nl=False)
-    if strict and state.rejections:
-        sys.exit(1)
+    code = 1 if strict and state.rejections else 0
+    if end_process:
+        _end_process(code)
+    if code:
+        sys.exit(code)
+
+
+def _end_process(code: int) -> NoReturn:
+    """Exit at once, the output flushed (the files are written and synced): what a
+    one-shot render built dies with its process, and freeing it object by object, then
+    tearing the interpreter down, cost a 5,000-Service dry run a tenth of its time.  mypy
+    ends its runs the same way."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def settings_reference() -> str:

@@ -114,7 +114,7 @@ def cluster(n: int) -> dict[str, object]:
 
 
 # `vip-agent` as an installed console script runs it
-AGENT = "import sys; sys.argv[0] = 'vip-agent'; from agent.cli import main; main()"
+AGENT = "import sys; sys.argv[0] = 'vip-agent'; from agent.cli import entry; entry()"
 # what a render imports (the command line loads the render's modules only for it)
 RENDER_IMPORTS = (
     "import agent.cli, agent.assets, agent.apply, agent.core.render, agent.core.translate, "

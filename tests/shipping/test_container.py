@@ -101,7 +101,7 @@ def test_containerfile_stages_copies_and_entrypoint() -> None:
     assert f"{venv}/bin/pip install --no-cache-dir /src" in runs
     # the entrypoint is the console script pyproject.toml declares, in that venv
     scripts = _pyproject()["project"]["scripts"]
-    assert scripts == {"vip-agent": "agent.cli:main"}
+    assert scripts == {"vip-agent": "agent.cli:entry"}
     [(_, entry)] = [(w, a) for w, a in final["steps"] if w == "ENTRYPOINT"]
     assert yaml.safe_load(entry) == [f"{venv}/bin/vip-agent", "run"], "exec form"
     packages = " ".join(args for word, args in final["steps"] if word == "RUN").split()
@@ -150,7 +150,7 @@ def test_builder_stage_rehearsal_wheel_from_the_copied_files(tmp_path: Path) -> 
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "vip-agent = agent.cli:main" in archive.read(entry_points).decode()
+        assert "vip-agent = agent.cli:entry" in archive.read(entry_points).decode()
         assert {"agent/templates/keepalived.conf.j2", "agent/templates/haproxy.cfg.j2"} <= names
         archive.extractall(tmp_path / "site")
     args = ["render", "--dry-run", "--manifests", str(EXAMPLES / "cluster.yaml")]
@@ -161,7 +161,7 @@ def test_builder_stage_rehearsal_wheel_from_the_copied_files(tmp_path: Path) -> 
             sys.executable,
             "-c",
             "import agent.cli, sys; print(agent.cli.__file__, file=sys.stderr);"
-            "sys.argv[0] = 'vip-agent'; agent.cli.main()",
+            "sys.argv[0] = 'vip-agent'; agent.cli.entry()",
             *args,
         ],
         capture_output=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from agent.cli import main
+from labkit import objects
 from tests.conftest import EXAMPLES
 
 ARGS = ["render", "--dry-run", "--manifests", str(EXAMPLES / "cluster.yaml")]
@@ -123,3 +125,39 @@ def test_commands_other_than_render_start_without_jinja_or_the_translator() -> N
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_command_in_its_own_process_prints_all_that_main_prints(tmp_path: Path) -> None:
+    """``vip-agent`` ends a render's process without tearing it down (``_end_process``):
+    its output, block-buffered into a pipe and far larger than the buffer, is still the
+    whole of what ``main`` prints in a process that goes on, and so is its exit code."""
+    items = [objects.node("worker-1", "192.0.2.11")]
+    data = {}
+    for i in range(300):
+        name, v4 = f"web-{i}", i < 250
+        data[f"203.0.113.{1 + i}" if v4 else f"2001-db8--{i}"] = f"default/{name}"
+        items.append(objects.service(name, [objects.port("http", 80, 8080)]))
+        address = f"198.51.100.{1 + i}" if v4 else f"2001:db8:1::{i}"
+        items.append(
+            objects.endpoint_slice(
+                name,
+                [objects.port("http", 8080)],
+                [objects.endpoint(address, node_name="worker-1")],
+                address_type="IPv4" if v4 else "IPv6",
+            )
+        )
+    data["203.0.113.300"] = "default/web-0"  # one rejection, for --strict
+    items.append(objects.configmap(data))
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    args = ["render", "--dry-run", "--manifests", str(path), "--interface", "eth0"]
+    args += ["--node-name", "worker-1", "--strict"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    own = subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, env=env, check=False
+    )
+    kept = CliRunner().invoke(main, args)
+    assert len(own.stdout) > 65_536  # more than a pipe holds
+    assert own.stdout == kept.stdout_bytes
+    assert own.returncode == kept.exit_code == 1
+    assert own.stderr.decode().count("rejected: ") == 1
