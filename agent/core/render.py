@@ -15,7 +15,8 @@ quote or a comment character into keepalived.conf or haproxy.cfg.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -275,6 +276,12 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        # globals, so that macros a template imports from another file see them too; held
+        # weakly, or the environment and its Renderer would make a reference cycle, which
+        # keeps a whole pass's values and texts alive until the cyclic collector walks them
+        # (a tenth of a 5,000-Service dry run)
+        self.env.globals["block"] = _weakly(self._block)
+        self.env.globals["blocks"] = _weakly(self._blocks)
         self.values: Generations[VrrpInstance | VirtualServer | ProxyListener, Values] = (
             Generations()
         )
@@ -365,11 +372,7 @@ class Renderer:
 
     def render(self, state: DesiredState, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, str]:
         """``{file name: text}`` for every entry of ``outputs`` (file name -> template)."""
-        # block() and blocks() reach the templates through each render's context, not the
-        # environment's globals: globals would tie the environment to this Renderer in a
-        # reference cycle, and a cycle keeps a whole pass's values and texts alive until
-        # the cyclic collector walks them (a tenth of a 5,000-Service dry run)
-        values = {**self.context(state), "block": self._block, "blocks": self._blocks}
+        values = self.context(state)
         out: dict[str, str] = {}
         for name, template in outputs.items():
             try:
@@ -381,6 +384,19 @@ class Renderer:
             finally:
                 self._template = None
         return out
+
+
+def _weakly(method: Callable[..., str]) -> Callable[..., str]:
+    """``method`` for a caller that must not keep its object alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> str:
+        bound = ref()
+        if bound is None:  # only a template still running after its Renderer was dropped
+            raise RenderError("the renderer of this template is gone")
+        return bound(*args)
+
+    return call
 
 
 _CONVERT: dict[type, Any] = {

@@ -81,6 +81,30 @@ def test_user_templates_override_and_broken_template_is_a_clear_error(tmp_path: 
     assert "error: template haproxy.cfg.j2:1:" in result.output
 
 
+def test_macros_imported_from_another_template_file_reach_block_and_blocks(
+    tmp_path: Path,
+) -> None:
+    """A user's templates may keep their macros in a file of their own: an imported
+    template sees the environment's globals only (not the render's variables), and
+    block() and blocks() must be among them."""
+    (tmp_path / "lib.j2").write_text(
+        "{% macro vs(v) %}VS {{ v.vip }} {{ v.port }}\n{% endmacro %}\n"
+        "{% macro all(items) %}{{ blocks(vs, items) }}{% endmacro %}\n"
+        "{% macro first(items) %}{{ block(vs, items[0]) }}{% endmacro %}\n"
+    )
+    (tmp_path / "keepalived.conf.j2").write_text(
+        '{% import "lib.j2" as lib %}{% from "lib.j2" import first %}'
+        "{{ lib.all(virtual_servers) }}FIRST {{ first(virtual_servers) }}"
+    )
+    runner = CliRunner()
+    result = runner.invoke(main, [*ARGS, "--templates", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    packaged = runner.invoke(main, ARGS).stdout.count("\nvirtual_server ")
+    assert packaged > 1
+    assert result.stdout.count("VS ") == packaged + 1  # every one, then the first again
+    assert "FIRST VS 192.0.2.50 80\n" in result.stdout
+
+
 def test_bad_input_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["render", "--dry-run", "--manifests", str(tmp_path / "x")])
