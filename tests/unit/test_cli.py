@@ -151,6 +151,39 @@ def test_commands_other_than_render_start_without_jinja_or_the_translator() -> N
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_command_ends_a_render_without_tearing_the_interpreter_down(
+    tmp_path: Path,
+) -> None:
+    """``python -m agent`` (and the console script, ``entry``) owns its process: an exit
+    handler never runs, the files are there and the exit code is the render's, also with
+    standard output closed (click then drops what it would print)."""
+    probe = (
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: sys.stderr.write('torn down\\n')); "
+        "runpy.run_module('agent', run_name='__main__')"
+    )
+    out = tmp_path / "out"
+    args = [*ARGS, "--output-dir", str(out)]
+    ran = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, check=False)
+    assert ran.returncode == 0 and b"torn down" not in ran.stderr, ran.stderr
+    assert (out / "keepalived.conf").read_text().startswith("# keepalived.conf")
+    strict = subprocess.run(
+        [sys.executable, "-c", probe, *args, "--strict"], capture_output=True, check=False
+    )
+    assert strict.returncode == 1 and b"torn down" not in strict.stderr
+    # in-process callers of main keep theirs: the handler runs
+    kept = "import atexit, sys; atexit.register(lambda: sys.stderr.write('torn down\\n')); "
+    kept += "from agent.cli import main; main()"
+    ran = subprocess.run([sys.executable, "-c", kept, *args], capture_output=True, check=False)
+    assert ran.returncode == 0 and b"torn down" in ran.stderr
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        check=False,
+    )
+    assert closed.returncode == 0, closed.stderr
+
+
 def test_the_command_in_its_own_process_prints_all_that_main_prints(tmp_path: Path) -> None:
     """``vip-agent`` ends a render's process without tearing it down (``_end_process``):
     its output, block-buffered into a pipe and far larger than the buffer, is still the
