@@ -175,6 +175,12 @@ class Run(NamedTuple):
     """bytes"""
 
 
+def _ratio(run: float, floor: float) -> float:
+    # a small input's floor is within the start-up's jitter, even below it: count it as
+    # 1 ms rather than divide by nothing
+    return run / max(floor, 0.001)
+
+
 def run_once(argv: list[str]) -> Run:
     """``argv`` in a fresh process: its wall time, and its own CPU time and peak RSS."""
     start = time.perf_counter()
@@ -256,9 +262,11 @@ def main() -> None:
             if floors:
                 pairs = list(zip(runs, floors, strict=True))
                 parse = statistics.median(f.wall for f in floors) - startup
-                ratio = statistics.median((r.wall - startup) / (f.wall - startup) for r, f in pairs)
+                ratio = statistics.median(
+                    _ratio(r.wall - startup, f.wall - startup) for r, f in pairs
+                )
                 cpu_ratio = statistics.median(
-                    (r.cpu - startup_cpu) / (f.cpu - startup_cpu) for r, f in pairs
+                    _ratio(r.cpu - startup_cpu, f.cpu - startup_cpu) for r, f in pairs
                 )
                 floor = f"{parse:>12.3f} {ratio:>12.1f} {cpu_ratio:>6.1f}"
             print(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.apply import Target
@@ -101,12 +102,20 @@ class Counting:
         return None
 
 
-def running_agent(tmp_path: Path, source: Counting, interval: float) -> threading.Event:
+@contextlib.contextmanager
+def running_agent(tmp_path: Path, source: Counting, interval: float) -> Iterator[None]:
+    """The agent's loop in a thread, stopped and joined on the way out."""
     settings = Settings(interface="eth0", coalesce_seconds=interval)
     agent = make_agent(tmp_path, source, settings, files=("keepalived.conf",))
     stop = threading.Event()
-    threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
-    return stop
+    loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=5)
+        assert not loop.is_alive(), "the loop did not stop"
 
 
 def wait_reads(source: Counting, count: int, timeout: float = 5) -> None:
@@ -117,8 +126,7 @@ def wait_reads(source: Counting, count: int, timeout: float = 5) -> None:
 
 def test_a_lone_change_after_a_quiet_moment_is_reconciled_at_once(tmp_path: Path) -> None:
     source = Counting()
-    stop = running_agent(tmp_path, source, interval=0.5)
-    try:
+    with running_agent(tmp_path, source, interval=0.5):
         wait_reads(source, 1)
         time.sleep(0.6)  # quiet for longer than the interval
         changed = time.monotonic()
@@ -127,14 +135,11 @@ def test_a_lone_change_after_a_quiet_moment_is_reconciled_at_once(tmp_path: Path
         assert len(source.reads) == 2
         # not after a 0.5 s window: at once
         assert source.reads[1] - changed < 0.1, source.reads[1] - changed
-    finally:
-        stop.set()
 
 
 def test_a_burst_is_reconciled_a_few_times_and_its_last_event_lands(tmp_path: Path) -> None:
     source = Counting()
-    stop = running_agent(tmp_path, source, interval=0.2)
-    try:
+    with running_agent(tmp_path, source, interval=0.2):
         wait_reads(source, 1)
         time.sleep(0.3)
         started = time.monotonic()
@@ -149,8 +154,6 @@ def test_a_burst_is_reconciled_a_few_times_and_its_last_event_lands(tmp_path: Pa
         assert passes[-1] >= last - 0.005, "the burst's last event was not reconciled"
         gaps = [b - a for a, b in itertools.pairwise(passes)]
         assert min(gaps) >= 0.19, gaps
-    finally:
-        stop.set()
 
 
 class SlowReload:
