@@ -17,9 +17,9 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
-import time
+
+from render_bench import run_once  # bench/ is where this script runs from
 
 
 def closed_port() -> int:
@@ -30,16 +30,11 @@ def closed_port() -> int:
     return port
 
 
-def cost(argv: list[str], runs: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of ``argv`` over ``runs`` fresh processes."""
-    walls, cpus = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, _, usage = os.wait4(child.pid, 0)
-        walls.append(time.perf_counter() - start)
-        cpus.append(usage.ru_utime + usage.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+def cost(argv: list[str], runs: int, *, code: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``argv`` over ``runs`` fresh processes, each of which
+    must exit with ``code``."""
+    measured = [run_once(argv, code=code) for _ in range(runs)]
+    return statistics.median(r.wall for r in measured), statistics.median(r.cpu for r in measured)
 
 
 def main() -> None:
@@ -48,21 +43,23 @@ def main() -> None:
     args = parser.parse_args()
     agent = [sys.executable, "-m", "agent"]
     url = f"https://127.0.0.1:{closed_port()}/readyz"
+    # name -> (argv, the exit code that shows it ran the path meant: check-apiserver's 1 is
+    # "unhealthy", where 2 would be a refused setting)
     commands = {
-        "python -c pass (the interpreter alone)": [sys.executable, "-c", "pass"],
-        "vip-agent --version": [*agent, "--version"],
-        "vip-agent check-apiserver (a closed port)": [
-            *agent,
-            *("check-apiserver", "--url", url, "--timeout", "0.5"),
-        ],
+        "python -c pass (the interpreter alone)": ([sys.executable, "-c", "pass"], 0),
+        "vip-agent --version": ([*agent, "--version"], 0),
+        "vip-agent check-apiserver (a closed port)": (
+            [*agent, "check-apiserver", "--url", url, "--timeout", "0.5"],
+            1,
+        ),
     }
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; median of {args.runs} fresh processes"
     )
     print(f"{'command':<44} {'wall ms':>8} {'CPU ms':>8}")
-    for name, argv in commands.items():
-        wall, cpu = cost(argv, args.runs)
+    for name, (argv, code) in commands.items():
+        wall, cpu = cost(argv, args.runs, code=code)
         print(f"{name:<44} {wall * 1000:>8.0f} {cpu * 1000:>8.0f}")
 
 

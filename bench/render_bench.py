@@ -181,8 +181,9 @@ def _ratio(run: float, floor: float) -> float:
     return run / max(floor, 0.001)
 
 
-def run_once(argv: list[str]) -> Run:
-    """``argv`` in a fresh process: its wall time, and its own CPU time and peak RSS."""
+def run_once(argv: list[str], *, code: int = 0) -> Run:
+    """``argv`` in a fresh process: its wall time, and its own CPU time and peak RSS; it
+    must exit with ``code``, or what is timed is some other path (an error's)."""
     start = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert child.stderr is not None
@@ -190,8 +191,10 @@ def run_once(argv: list[str]) -> Run:
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{argv} failed: {errors.decode(errors='replace')}")
+    if child.returncode != code:
+        raise SystemExit(
+            f"{argv} exited {child.returncode}, not {code}: {errors.decode(errors='replace')}"
+        )
     return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
 
 
