@@ -157,11 +157,8 @@ def test_the_command_ends_a_render_without_tearing_the_interpreter_down(
     """``python -m agent`` (and the console script, ``entry``) owns its process: an exit
     handler never runs, the files are there and the exit code is the render's, also with
     standard output closed (click then drops what it would print)."""
-    probe = (
-        "import atexit, runpy, sys; "
-        "atexit.register(lambda: sys.stderr.write('torn down\\n')); "
-        "runpy.run_module('agent', run_name='__main__')"
-    )
+    handler = "import atexit, sys; atexit.register(lambda: sys.stderr.write('torn down\\n')); "
+    probe = handler + "import runpy; runpy.run_module('agent', run_name='__main__')"
     out = tmp_path / "out"
     args = [*ARGS, "--output-dir", str(out)]
     ran = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, check=False)
@@ -172,8 +169,7 @@ def test_the_command_ends_a_render_without_tearing_the_interpreter_down(
     )
     assert strict.returncode == 1 and b"torn down" not in strict.stderr
     # in-process callers of main keep theirs: the handler runs
-    kept = "import atexit, sys; atexit.register(lambda: sys.stderr.write('torn down\\n')); "
-    kept += "from agent.cli import main; main()"
+    kept = handler + "from agent.cli import main; main()"
     ran = subprocess.run([sys.executable, "-c", kept, *args], capture_output=True, check=False)
     assert ran.returncode == 0 and b"torn down" in ran.stderr
     closed = subprocess.run(
