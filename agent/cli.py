@@ -141,7 +141,7 @@ def _render_once(
         fail("setting interface is required for a dry run (--interface or VIP_AGENT_INTERFACE)")
     # the memo and the renderer are held here, not made and dropped inside the calls, so
     # that what they hold is freed with the rest (or not at all: ``end_process``)
-    memo = PlanMemo()
+    memo = PlanMemo(once=True)
     state = translate(
         snapshot,
         settings,

@@ -329,6 +329,8 @@ class Renderer:
         """``block(macro, item)`` for every item, joined: one template call for all of
         them (a call from a template loop costs microseconds, thousands of them a
         pass).  The loop of ``_block``, written out: it runs for every object."""
+        if self.once:  # nothing to keep for a next pass
+            return "".join([str(macro(values)) for values in items])
         template = self._template
         assert template is not None
         name, tid = str(macro.name), id(template)

@@ -358,7 +358,10 @@ def test_memoized_translation_equals_a_fresh_one_as_objects_change() -> None:
     Local policy and rejections must come out exactly as computed from scratch."""
 
     def fresh(snapshot: Snapshot, settings: Settings, node_name: str) -> DesiredState:
-        return translate(snapshot, settings, node_name=node_name, interface="eth0")
+        once = PlanMemo(once=True)
+        state = translate(snapshot, settings, node_name=node_name, interface="eth0", memo=once)
+        assert len(once) == 0, "a one-shot translation keeps no plan"
+        return state
 
     memo = PlanMemo()
 

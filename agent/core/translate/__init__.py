@@ -130,11 +130,12 @@ def translate(
     """Everything this node should run, plus every input that was rejected and why.
 
     ``memo`` carries forwarding plans from one translation to the next (a live agent
-    keeps one); without it the translation starts cold.  The result is the same.
+    keeps one); without it the translation is a one-shot pass that keeps nothing
+    (``PlanMemo(once=True)``).  The result is the same.
     ``host`` is this node's own network (interface addresses, subnets, gateways), which
     no VIP may take; a dry run has none.
     """
-    memo = PlanMemo() if memo is None else memo
+    memo = PlanMemo(once=True) if memo is None else memo
     memo.turn()
     rej = Rejections()
     nodes = node_view(snapshot, settings, node_name=node_name, rej=rej)

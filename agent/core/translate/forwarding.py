@@ -344,12 +344,12 @@ def plan_for(
     snapshot: Snapshot,
     settings: Settings,
     node_name: str,
-    plans: Plans,
+    plans: Plans | None,
     vips: frozenset[IPAddress],
     rej: Rejections,
 ) -> ForwardPlan | None:
     """The plan of ``request`` (None, with the rejection, when its Service is missing or
-    an ExternalName)."""
+    an ExternalName), memoized in ``plans`` unless that is None (a one-shot pass)."""
     assert request.service is not None and request.method is not None
     service = snapshot.services.get(request.service)
     svc_ref = "/".join(request.service)
@@ -372,7 +372,7 @@ def plan_for(
         )
         return None
     endpoint_objs = endpoint_objects(snapshot, request.service)
-    plan = plans.plan(
+    plan = (plans.plan if plans is not None else make_plan)(
         request,
         service=service,
         endpoint_objs=endpoint_objs,

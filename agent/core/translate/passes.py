@@ -23,7 +23,9 @@ to share work) keeps, between two passes:
 * the VRRP instances, while their inputs are equal.
 
 Whatever comes out is what a translation without the memo gives (tests/unit/
-test_render_incremental.py checks it over random change sequences).
+test_render_incremental.py checks it over random change sequences).  That one is a
+``PlanMemo(once=True)``: a one-shot translation (the dry run) keeps nothing for a next pass,
+and forwards every request in one loop into one table.
 """
 
 from __future__ import annotations
@@ -191,7 +193,13 @@ class PlanMemo:
     owns it and passes it to every translation it wants to share work between; a
     translation without one starts cold and gives the same result."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, once: bool = False) -> None:
+        self.once = once
+        """A one-shot translation (the dry run): nothing is kept for a next pass, and the
+        requests are forwarded in one loop, with none of the per-request records a next
+        pass would patch."""
+        self._claimed: list[tuple[VipRequest, list[ProxyListener]]] = []
+        """With ``once``: the listeners each request claimed (``listeners_by_request``)."""
         self.plans = Plans()
         self._configmap: IdentityMemo[tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]] = (
             IdentityMemo()
@@ -229,7 +237,8 @@ class PlanMemo:
 
         def parse() -> tuple[tuple[VipRequest, ...], tuple[Rejection, ...]]:
             own = Rejections()
-            found = configmap_requests(snapshot, settings, rej=own, memo=self._configmap_entries)
+            entries = None if self.once else self._configmap_entries
+            found = configmap_requests(snapshot, settings, rej=own, memo=entries)
             return tuple(found), tuple(own.items)
 
         found, rejections = (
@@ -291,6 +300,8 @@ class PlanMemo:
         """Forward every admitted request, first come first served (``initial``: the
         slots taken before any, the control plane's)."""
         inputs = _Inputs(admission.admitted, admission.vips, settings, node_name, initial)
+        if self.once:
+            return self._forward_once(inputs, snapshot, rej)
         last = self._forwarding
         state = None
         if (
@@ -324,6 +335,44 @@ class PlanMemo:
                 checks=state.checks,
             )
         return state.result
+
+    def _forward_once(self, inputs: _Inputs, snapshot: Snapshot, rej: Rejections) -> Forwarded:
+        """What ``_full`` forwards, in one table: a one-shot translation keeps no plan and
+        no record of what each request forwarded (at 5,000 Services that bookkeeping was
+        a sixth of a dry run)."""
+        taken = set(inputs.initial)
+        out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
+        claimed = self._claimed = []
+        for request in inputs.admitted:
+            if request.method is None or request.service is None:
+                continue
+            plan = plan_for(
+                request,
+                snapshot=snapshot,
+                settings=inputs.settings,
+                node_name=inputs.node_name,
+                plans=None,
+                vips=inputs.vips,
+                rej=rej,
+            )
+            if plan is None:
+                continue
+            replay(request, plan, taken=taken, out=out, rej=rej)
+            mine = [
+                p.listener
+                for p in plan.ports
+                if p.listener is not None
+                and out.listeners.get((p.slot[0], p.slot[1], p.slot[3])) is p.listener
+            ]
+            if mine:
+                claimed.append((request, mine))
+        servers, listeners = out.virtual_servers, out.listeners
+        return Forwarded(
+            virtual_servers=tuple(servers[slot] for slot in sorted(servers)),
+            listeners=tuple(listeners[key] for key in sorted(listeners)),
+            local_vips=out.local_vips,
+            checks=sum(len(listener.servers) for listener in listeners.values()),
+        )
 
     def _entry(
         self, request: VipRequest, inputs: _Inputs, snapshot: Snapshot, taken: set[Slot]
@@ -459,6 +508,9 @@ class PlanMemo:
         """The last forwarding's listeners request by request, in admission order (each
         request's in its Service's port order): agent.core.haproxy_fds walks them when
         they do not all fit, and needs no matching of listener to request then."""
+        if self.once:
+            yield from self._claimed
+            return
         state = self._forwarding
         for entry in state.entries if state is not None else ():
             if entry is not None and entry.listeners:

@@ -97,7 +97,8 @@ def configmap_requests(
 ) -> list[VipRequest]:
     """The vip-configmap's requests, in key order.  With ``memo`` (kept by the caller) an
     entry read last time is not read again, and gives the very same request object; the
-    memo is left holding this ConfigMap's entries alone."""
+    memo is left holding this ConfigMap's entries alone.  Without one, entries are read
+    straight into ``rej``: nothing is kept."""
     namespace, name = settings.configmap_ref
     cm = snapshot.configmaps.get((namespace, name))
     if cm is None:
@@ -116,7 +117,7 @@ def configmap_requests(
             site.add(Reason.BAD_ENTRY, key=str(key), reason="key is not a string")
             continue
         value = data[key]
-        if not isinstance(value, str):
+        if memo is None or not isinstance(value, str):
             request = _configmap_request(key, value, ref=ref, site=site)
         else:
             entry = last.get((ref, key, value))
