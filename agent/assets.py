@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+import jinja2
+from jinja2.bccache import Bucket
 
 from agent.core.render import OUTPUTS
 
@@ -24,3 +28,50 @@ def packaged_template_dir() -> Path:
 def template_dirs(user_dir: str | Path | None) -> list[Path]:
     """A user's template directory first (its files win), the packaged one after."""
     return [*([Path(user_dir)] if user_dir else []), packaged_template_dir()]
+
+
+class TemplateCache(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept from one run of the command to the next: Jinja's bytecode
+    cache, in Jinja's per-user directory (which it makes 0700, and refuses when another
+    user owns it).  Compiling the two templates was 14 ms of a 5,000-Service dry run.
+
+    Jinja keys a compiled template on its name, file and source alone; this one adds what
+    else the compiled code depends on: the Jinja version and the environment's syntax and
+    compile options.  (The Python bytecode version is in every entry's header.)  A cache
+    entry that cannot be read or written is no cache: rendering never fails for it."""
+
+    def get_bucket(
+        self, environment: jinja2.Environment, name: str, filename: str | None, source: str
+    ) -> Bucket:
+        options = (
+            jinja2.__version__,
+            *(environment.block_start_string, environment.block_end_string),
+            *(environment.variable_start_string, environment.variable_end_string),
+            *(environment.comment_start_string, environment.comment_end_string),
+            *(environment.line_statement_prefix, environment.line_comment_prefix),
+            *(environment.trim_blocks, environment.lstrip_blocks),
+            *(environment.newline_sequence, environment.keep_trailing_newline),
+            *(environment.autoescape, environment.optimized, environment.is_async),
+            environment.finalize,
+            tuple(sorted(environment.extensions)),
+        )
+        return super().get_bucket(environment, name, filename, f"{options!r}\n{source}")
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # a truncated or foreign file: compile instead
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        # a full or read-only disk: the next run compiles again
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def template_cache() -> TemplateCache | None:
+    """The per-user template cache, or None when there is no safe place for one."""
+    try:
+        return TemplateCache()
+    except (OSError, RuntimeError):
+        return None

@@ -150,7 +150,11 @@ def _render_once(
         memo=memo,
     )
     try:
-        renderer = render_mod.Renderer(assets.template_dirs(settings.templates), once=True)
+        renderer = render_mod.Renderer(
+            assets.template_dirs(settings.templates),
+            once=True,
+            bytecode_cache=assets.template_cache(),
+        )
         files = renderer.render(state, outputs(config_files_for(settings)))
     except (render_mod.RenderError, assets.NoTemplates) as err:
         fail(str(err))

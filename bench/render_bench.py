@@ -14,12 +14,24 @@ With ``--stages N`` it also times each stage of the JSON dry run in one fresh pr
 (imports, a bare ``json.load`` of the input for comparison, reading it into a snapshot,
 translate, render), the median of N such processes.
 
-    python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3] [--stages 0]
+With ``--kubectl`` it measures a third input besides: the same cluster as a real
+kube-apiserver 1.20 holds it, printed by the real kubectl 1.20 (``kubectl get
+nodes,services,endpoints,configmaps -A -o json``), the input an operator actually has.  The
+generated objects carry only the fields the agent reads; the API server adds the rest
+(uid, resourceVersion, creationTimestamp, clusterIPs, ...), and kubectl indents.  Two
+differences from the generated input, both to its disadvantage as a floor: kube-apiserver
+1.20 serves no EndpointSlice v1, so each slice is created as the core/v1 Endpoints it
+stands for, and ``metadata.managedFields`` is left out, as kubectl 1.21 and later print it
+(1.20 still printed them, which would make the file several times larger).  Needs root
+for nothing, but the kube-apiserver build (scripts/build-kube-apiserver) and etcd.
+
+    python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3] [--stages 0] [--kubectl]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ipaddress
 import json
 import os
@@ -30,9 +42,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # labkit, for --kubectl
 
 # VIPs never collide with the Nodes' addresses (198.51.100.200-204, 2001:db8:1::200-204) or
 # the endpoints (203.0.113.0/24, 2001:db8:2::/64): the agent would refuse them, and the
@@ -181,6 +196,89 @@ def _ratio(run: float, floor: float) -> float:
     return run / max(floor, 0.001)
 
 
+PLURALS = {"Node": "nodes", "Service": "services", "Endpoints": "endpoints", "ConfigMap": "configmaps"}
+
+
+def as_endpoints(slice_obj: dict[str, Any]) -> dict[str, Any]:
+    """The core/v1 Endpoints an EndpointSlice of ``cluster`` stands for (ready endpoints
+    only: every generated one is)."""
+    meta = slice_obj["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {
+            "name": meta["labels"]["kubernetes.io/service-name"],
+            "namespace": meta["namespace"],
+        },
+        "subsets": [
+            {
+                "addresses": [
+                    {"ip": e["addresses"][0], "nodeName": e["nodeName"]}
+                    for e in slice_obj["endpoints"]
+                ],
+                "ports": slice_obj["ports"],
+            }
+        ],
+    }
+
+
+def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
+    """``cluster(n)`` created in a real kube-apiserver 1.20, as kubectl prints it back."""
+    from agent.sources.kube import KubeApi
+    from labkit.apiserver import ApiServer, kube_dir
+
+    items = cluster(n)["items"]
+    assert isinstance(items, list)
+    with (
+        ApiServer(service_cluster_ip_range="10.96.0.0/16") as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        api = KubeApi(server.api_client())
+        api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "bench"}})
+        # the API server makes kube-system itself, a moment after it is ready
+        while not _exists(api, "/api/v1/namespaces/kube-system"):
+            if time.monotonic() > deadline:
+                raise SystemExit("kube-system never appeared")
+            time.sleep(0.2)
+
+        def create(obj: dict[str, Any]) -> None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("loading the cluster took too long")
+            kind, meta = obj["kind"], obj["metadata"]
+            if kind == "EndpointSlice":
+                obj, kind = as_endpoints(obj), "Endpoints"
+            where = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
+            api.request("POST", f"/api/v1{where}/{PLURALS[kind]}", body=obj)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(create, o) for o in items]):
+                future.result()
+        kubeconfig = server.kubeconfig(Path(tmp) / "kubeconfig")
+        printed = subprocess.run(
+            [
+                *(str(kube_dir() / "kubectl"), "--kubeconfig", str(kubeconfig)),
+                *("get", "nodes,services,endpoints,configmaps", "-A", "-o", "json"),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+    listing: dict[str, Any] = json.loads(printed.stdout)
+    for item in listing["items"]:
+        item["metadata"].pop("managedFields", None)
+    return listing
+
+
+def _exists(api: Any, path: str) -> bool:
+    from agent.sources.kube import ApiError
+
+    try:
+        api.request("GET", path)
+    except ApiError:
+        return False
+    return True
+
+
 def run_once(argv: list[str], *, code: int = 0) -> Run:
     """``argv`` in a fresh process: its wall time, and its own CPU time and peak RSS; it
     must exit with ``code``, or what is timed is some other path (an error's)."""
@@ -212,18 +310,28 @@ def main() -> None:
     parser.add_argument(
         "--generate", nargs=3, metavar=("N", "FORMAT", "PATH"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--kubectl",
+        action="store_true",
+        help="also measure on the same cluster as kubectl prints it from a real kube-apiserver",
+    )
     args = parser.parse_args()
     if args.generate:
         n, fmt, out_path = args.generate
-        objects = cluster(int(n))
-        text = yaml.safe_dump(objects, sort_keys=False) if fmt == "yaml" else json.dumps(objects)
+        if fmt == "kubectl":
+            # kubectl indents by 4 (Go's json.MarshalIndent), as json.dumps does here
+            listing = kubectl_listing(int(n), deadline=time.monotonic() + 600)
+            text = json.dumps(listing, indent=4) + "\n"
+        elif fmt == "yaml":
+            text = yaml.safe_dump(cluster(int(n)), sort_keys=False)
+        else:
+            text = json.dumps(cluster(int(n)))
         Path(out_path).write_text(text, encoding="utf-8")
         return
     # An installed agent has its bytecode (pip compiles it; a checkout's first run writes
     # it): compile it now, or with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
     # run would compile the agent's modules again and time that instead
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "agent")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "agent")], check=True)
     bare = [run_once([sys.executable, "-c", "pass"]) for _ in range(5)]
     startup, startup_cpu = min(r.wall for r in bare), min(r.cpu for r in bare)
     imports = min(run_once([sys.executable, "-c", RENDER_IMPORTS]).wall for _ in range(3))
@@ -239,7 +347,11 @@ def main() -> None:
         f"{'peak RSS MB':>12} {'json.load s':>12} {'x json.load':>12} {'CPU x':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for n, fmt in ((int(s), f) for s in args.sizes.split(",") for f in ("yaml", "json")):
+        formats = ("yaml", "json", "kubectl") if args.kubectl else ("yaml", "json")
+        # what the generated JSON renders: the kubectl input must render the same, or the
+        # two would not time the same work
+        rendered_from_json: dict[str, bytes] = {}
+        for n, fmt in ((int(s), f) for s in args.sizes.split(",") for f in formats):
             path = Path(tmp) / f"cluster-{n}.{fmt}"
             # Generated in a child: this process stays small, because a fork of a large
             # parent counts the parent's pages in the child's peak RSS (it survives exec).
@@ -256,8 +368,12 @@ def main() -> None:
             runs, floors = [], []
             for _ in range(args.repeat):
                 runs.append(run_once(argv))
-                if fmt == "json":
+                if fmt != "yaml":
                     floors.append(run_once(load))
+            files = {f.name: f.read_bytes() for f in out.iterdir()}
+            if fmt == "kubectl" and files != rendered_from_json:
+                raise SystemExit(f"{n} Services as kubectl prints them render other files")
+            rendered_from_json = files if fmt == "json" else rendered_from_json
             wall = statistics.median(r.wall for r in runs)
             rss = max(r.peak_rss for r in runs)
             size = path.stat().st_size / 1e6

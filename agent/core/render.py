@@ -261,14 +261,23 @@ class Renderer:
 
     Each cache holds what this pass and the last one used, and nothing else.  A one-shot
     render (``once=True``: the dry run) has no next pass to keep anything for, and skips
-    the equality lookups, which hash every model object deeply.
+    the equality lookups, which hash every model object deeply.  A short-lived caller may
+    hand in a ``bytecode_cache`` (the shell's, agent.assets.TemplateCache) so that the
+    templates are not compiled again on every run.
     """
 
-    def __init__(self, template_dirs: Sequence[Path], *, once: bool = False) -> None:
+    def __init__(
+        self,
+        template_dirs: Sequence[Path],
+        *,
+        once: bool = False,
+        bytecode_cache: jinja2.BytecodeCache | None = None,
+    ) -> None:
         self.once = once
         self.template_dirs = tuple(Path(d) for d in template_dirs)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader([str(d) for d in self.template_dirs]),
+            bytecode_cache=bytecode_cache,
             auto_reload=True,
             undefined=jinja2.StrictUndefined,
             autoescape=False,
