@@ -196,7 +196,12 @@ def _ratio(run: float, floor: float) -> float:
     return run / max(floor, 0.001)
 
 
-PLURALS = {"Node": "nodes", "Service": "services", "Endpoints": "endpoints", "ConfigMap": "configmaps"}
+PLURALS = {
+    "Node": "nodes",
+    "Service": "services",
+    "Endpoints": "endpoints",
+    "ConfigMap": "configmaps",
+}
 
 
 def as_endpoints(slice_obj: dict[str, Any]) -> dict[str, Any]:
