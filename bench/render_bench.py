@@ -16,14 +16,14 @@ translate, render), the median of N such processes.
 
 With ``--kubectl`` it measures a third input besides: the same cluster as a real
 kube-apiserver 1.20 holds it, printed by the real kubectl 1.20 (``kubectl get
-nodes,services,endpoints,configmaps -A -o json``), the input an operator actually has.  The
-generated objects carry only the fields the agent reads; the API server adds the rest
-(uid, resourceVersion, creationTimestamp, clusterIPs, ...), and kubectl indents.  Two
-differences from the generated input, both to its disadvantage as a floor: kube-apiserver
-1.20 serves no EndpointSlice v1, so each slice is created as the core/v1 Endpoints it
-stands for, and ``metadata.managedFields`` is left out, as kubectl 1.21 and later print it
-(1.20 still printed them, which would make the file several times larger).  Needs root
-for nothing, but the kube-apiserver build (scripts/build-kube-apiserver) and etcd.
+nodes,services,endpointslices,configmaps -A -o json``), the input an operator actually
+has.  The generated objects carry only the fields the agent reads; the API server adds the
+rest (uid, resourceVersion, creationTimestamp, clusterIPs, ...), and kubectl indents.  The
+EndpointSlices are discovery.k8s.io/v1beta1 (1.20 serves no v1), and
+``metadata.managedFields`` is left out, as kubectl 1.21 and later print it (1.20 still
+printed them, which would make the file several times larger and its parse slower).  The
+files rendered must be byte for byte those of the generated input.  Needs the
+kube-apiserver build (scripts/build-kube-apiserver) and etcd.
 
     python bench/render_bench.py [--sizes 100,1000,5000] [--repeat 3] [--stages 0] [--kubectl]
 """
@@ -204,27 +204,19 @@ PLURALS = {
 }
 
 
-def as_endpoints(slice_obj: dict[str, Any]) -> dict[str, Any]:
-    """The core/v1 Endpoints an EndpointSlice of ``cluster`` stands for (ready endpoints
-    only: every generated one is)."""
-    meta = slice_obj["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {
-            "name": meta["labels"]["kubernetes.io/service-name"],
-            "namespace": meta["namespace"],
-        },
-        "subsets": [
-            {
-                "addresses": [
-                    {"ip": e["addresses"][0], "nodeName": e["nodeName"]}
-                    for e in slice_obj["endpoints"]
-                ],
-                "ports": slice_obj["ports"],
-            }
-        ],
-    }
+def as_v1beta1(slice_obj: dict[str, Any]) -> dict[str, Any]:
+    """An EndpointSlice of ``cluster`` as kube-apiserver 1.20 takes it: discovery.k8s.io/v1beta1,
+    where an endpoint's node is its ``kubernetes.io/hostname`` topology (1.20 drops
+    ``nodeName`` unless a feature gate is on)."""
+    endpoints = [
+        {
+            "addresses": e["addresses"],
+            "conditions": e["conditions"],
+            "topology": {"kubernetes.io/hostname": e["nodeName"]},
+        }
+        for e in slice_obj["endpoints"]
+    ]
+    return {**slice_obj, "apiVersion": "discovery.k8s.io/v1beta1", "endpoints": endpoints}
 
 
 def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
@@ -250,10 +242,12 @@ def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise TimeoutError("loading the cluster took too long")
             kind, meta = obj["kind"], obj["metadata"]
-            if kind == "EndpointSlice":
-                obj, kind = as_endpoints(obj), "Endpoints"
             where = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
-            api.request("POST", f"/api/v1{where}/{PLURALS[kind]}", body=obj)
+            if kind == "EndpointSlice":
+                path = f"/apis/discovery.k8s.io/v1beta1{where}/endpointslices"
+                api.request("POST", path, body=as_v1beta1(obj))
+            else:
+                api.request("POST", f"/api/v1{where}/{PLURALS[kind]}", body=obj)
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for future in concurrent.futures.as_completed([pool.submit(create, o) for o in items]):
@@ -262,7 +256,7 @@ def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
         printed = subprocess.run(
             [
                 *(str(kube_dir() / "kubectl"), "--kubeconfig", str(kubeconfig)),
-                *("get", "nodes,services,endpoints,configmaps", "-A", "-o", "json"),
+                *("get", "nodes,services,endpointslices,configmaps", "-A", "-o", "json"),
             ],
             capture_output=True,
             check=True,
