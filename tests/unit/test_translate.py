@@ -410,6 +410,30 @@ def test_memoized_translation_equals_a_fresh_one_as_objects_change() -> None:
     assert collided == [True, False, True, True, False]
 
 
+def test_two_requests_for_one_vip_and_service_share_no_plan() -> None:
+    """One IPv6 VIP written two ways is two vip-configmap entries for the same VIP and
+    Service; a DR port that cannot keep its port names the entry that asks for DR, so each
+    request's plan must be its own, memoized or not."""
+    web6 = [
+        service("web6", [port("http", 80, "http")]),
+        endpoint_slice(
+            "web6", [port("http", 8080)], [endpoint("2001:db8:2::7")], address_type="IPv6"
+        ),
+    ]
+    cm = configmap({"2001-db8--60": "default/web6:DR", "2001-db8-0--60": "default/web6:DR"})
+    snapshot = Snapshot.from_objects([*NODES, cm, *web6])
+    settings = Settings(interface="eth0")
+    states = [
+        translate(snapshot, settings, node_name="worker-1", interface="eth0", memo=memo)
+        for memo in (PlanMemo(), PlanMemo(once=True))
+    ]
+    assert states[0] == states[1]
+    asking = [r for r in reasons(states[0]) if "cannot change the port" in r]
+    assert len(asking) == 2
+    assert "key '2001-db8--60' asks" in asking[0]
+    assert "key '2001-db8-0--60' asks" in asking[1]
+
+
 @hypothesis.settings(max_examples=2000, deadline=None)
 @hypothesis.given(
     st.integers(0, 2**128 - 1)

@@ -320,8 +320,13 @@ class Plans:
     ) -> ForwardPlan:
         from_slices, objs = endpoint_objs
         vip = request.vip
-        # the VIP as (family, int): an IPAddress hashes through hex()
-        key = (vip.version, int(vip), request.method, request.service, from_slices, node_name)
+        # the VIP as (family, int): an IPAddress hashes through hex(); and where the request
+        # came from, which a DR or TUN port's rejection names (``_asked_by``): two requests
+        # for one VIP and Service (an IPv6 VIP written two ways) share no plan
+        key = (
+            *(vip.version, int(vip), request.method, request.service, from_slices, node_name),
+            *(request.kind, request.obj, request.key),
+        )
         return self._plans.get(
             (settings, service, *objs),
             key,
