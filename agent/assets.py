@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
+import sys
+import tempfile
 from pathlib import Path
 
 import jinja2
@@ -36,15 +40,19 @@ class TemplateCache(jinja2.FileSystemBytecodeCache):
     user owns it).  Compiling the two templates was 14 ms of a 5,000-Service dry run.
 
     Jinja keys a compiled template on its name, file and source alone; this one adds what
-    else the compiled code depends on: the Jinja version and the environment's syntax and
-    compile options.  (The Python bytecode version is in every entry's header.)  A cache
-    entry that cannot be read or written is no cache: rendering never fails for it."""
+    else the code compiled for the Renderer's environment (Jinja's own filters and tests,
+    no extension) depends on: the Python and Jinja versions, the environment's class and
+    its syntax and compile options.  An entry that cannot be read or written is no cache:
+    rendering never fails for it."""
 
     def get_bucket(
         self, environment: jinja2.Environment, name: str, filename: str | None, source: str
     ) -> Bucket:
         options = (
+            sys.version,
             jinja2.__version__,
+            type(environment).__qualname__,
+            environment.code_generator_class.__qualname__,
             *(environment.block_start_string, environment.block_end_string),
             *(environment.variable_start_string, environment.variable_end_string),
             *(environment.comment_start_string, environment.comment_end_string),
@@ -52,7 +60,7 @@ class TemplateCache(jinja2.FileSystemBytecodeCache):
             *(environment.trim_blocks, environment.lstrip_blocks),
             *(environment.newline_sequence, environment.keep_trailing_newline),
             *(environment.autoescape, environment.optimized, environment.is_async),
-            environment.finalize,
+            getattr(environment.finalize, "__qualname__", environment.finalize),
             tuple(sorted(environment.extensions)),
         )
         return super().get_bucket(environment, name, filename, f"{options!r}\n{source}")
@@ -70,8 +78,32 @@ class TemplateCache(jinja2.FileSystemBytecodeCache):
 
 
 def template_cache() -> TemplateCache | None:
-    """The per-user template cache, or None when there is no safe place for one."""
+    """The per-user template cache in the system's temporary directory, or None when there
+    is no safe place for one.
+
+    An entry is unpickled and its code run, so no other user may be able to write it.
+    Jinja checks its own directory (0700, ours); the path to it is checked here: every
+    directory on it must be ours or root's, no symbolic link, and sticky wherever others
+    may write (as /tmp is).  Otherwise another user could swap Jinja's directory for one
+    of their own between Jinja's check and the read (root running a dry run with another
+    user's TMPDIR, say)."""
+    base = Path(tempfile.gettempdir()).absolute()
+    if not all(_private(directory) for directory in (base, *base.parents)):
+        return None
     try:
-        return TemplateCache()
+        return TemplateCache()  # Jinja's directory in ``base``, made and checked by Jinja
     except (OSError, RuntimeError):
         return None
+
+
+def _private(directory: Path) -> bool:
+    """Whether only this user or root can put another directory in ``directory``'s place
+    or inside it."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    if stat.S_ISLNK(info.st_mode) or info.st_uid not in (0, os.geteuid()):
+        return False
+    shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return not shared or bool(info.st_mode & stat.S_ISVTX)

@@ -357,7 +357,7 @@ def main() -> None:
             subprocess.run(
                 [sys.executable, __file__, "--generate", str(n), fmt, str(path)], check=True
             )
-            out = Path(tmp) / f"out-{n}"
+            out = Path(tmp) / f"out-{n}-{fmt}"
             argv = [
                 *(sys.executable, "-c", AGENT, "render", "--dry-run"),
                 *("--manifests", str(path), "--node-name", "node-0", "--interface", "eth0"),

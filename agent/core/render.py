@@ -323,6 +323,8 @@ class Renderer:
 
     def _block(self, macro: Any, values: Values) -> str:
         """``macro(values)``, rendered once per template and values object."""
+        if self.once:  # nothing to keep for a next pass
+            return str(macro(values))
         template = self._template
         assert template is not None
         key = (id(template), str(macro.name), id(values))

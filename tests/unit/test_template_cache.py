@@ -5,6 +5,8 @@ only when nothing they were compiled from changed, and a broken cache never brea
 from __future__ import annotations
 
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import jinja2
 import pytest
 import yaml
 
-from agent.assets import TemplateCache, template_dirs
+from agent.assets import TemplateCache, template_cache, template_dirs
 from agent.core import render
 from agent.core.snapshot import Snapshot
 from agent.core.translate import translate
@@ -91,3 +93,29 @@ def test_a_corrupt_or_unwritable_cache_still_renders(tmp_path: Path) -> None:
     assert corrupt.render(state()) == expected
     gone = TemplateCache(str(tmp_path / "no-such-dir"))
     assert renderer(template_dirs(None), gone, compiles=True).render(state()) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "link", "cached"),
+    [
+        (0o700, False, True),
+        (0o1777, False, True),  # as /tmp: anyone may write, no one may rename another's
+        (0o777, False, False),  # anyone could swap Jinja's directory for their own
+        (0o700, True, False),  # a link someone may point elsewhere
+    ],
+)
+def test_the_cache_lives_only_where_no_one_else_can_swap_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, link: bool, cached: bool
+) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    temp.chmod(mode)
+    if link:
+        (tmp_path / "link").symlink_to(temp)
+        temp = tmp_path / "link"
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    cache = template_cache()
+    assert (cache is not None) == cached
+    if cache is not None:
+        assert Path(cache.directory).parent == temp
+        assert stat.S_IMODE(Path(cache.directory).stat().st_mode) == 0o700
