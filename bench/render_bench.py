@@ -142,7 +142,7 @@ RENDER_IMPORTS = (
 STAGES = """
 import gc, json, sys, time
 t0 = time.perf_counter()
-from agent.assets import template_dirs
+from agent.assets import template_cache, template_dirs
 from agent.cli import load_settings, node_name_of
 from agent.core import render as render_mod
 from agent.core.translate import translate
@@ -163,7 +163,8 @@ t3 = time.perf_counter()
 state = translate(snapshot, settings, node_name=node_name_of(settings),
                   interface=settings.interface)
 t4 = time.perf_counter()
-render_mod.Renderer(template_dirs(settings.templates), once=True).render(
+render_mod.Renderer(template_dirs(settings.templates), once=True,
+                    bytecode_cache=template_cache()).render(
     state, outputs(config_files_for(settings)))
 t5 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "json.load": t2 - t1, "read": t3 - t2,
