@@ -197,12 +197,7 @@ def _ratio(run: float, floor: float) -> float:
     return run / max(floor, 0.001)
 
 
-PLURALS = {
-    "Node": "nodes",
-    "Service": "services",
-    "Endpoints": "endpoints",
-    "ConfigMap": "configmaps",
-}
+PLURALS = {"Node": "nodes", "Service": "services", "ConfigMap": "configmaps"}
 
 
 def as_v1beta1(slice_obj: dict[str, Any]) -> dict[str, Any]:

@@ -339,7 +339,7 @@ class PlanMemo:
     def _forward_once(self, inputs: _Inputs, snapshot: Snapshot, rej: Rejections) -> Forwarded:
         """What ``_full`` forwards, in one table: a one-shot translation keeps no plan and
         no record of what each request forwarded (at 5,000 Services that bookkeeping was
-        a sixth of a dry run)."""
+        about a tenth of a dry run)."""
         taken = set(inputs.initial)
         out = Forwarding(virtual_servers={}, listeners={}, local_vips={})
         claimed = self._claimed = []
