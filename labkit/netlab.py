@@ -8,7 +8,8 @@ Each host has ``eth0`` with an address in 198.51.100.0/24 and one in 2001:db8:1:
 VIPs live in 192.0.2.0/24 and 2001:db8::/64, reached on-link.  Only documentation
 addresses, only namespaces this lab created.
 Everything the lab starts is stopped by pid, and its namespaces are deleted, when the
-lab closes (also on test failure: use it as a context manager).
+lab closes (also on test failure: use it as a context manager); its directory goes too,
+unless the ``with`` block raised or the lab was asked to ``keep`` it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,10 +124,20 @@ class Host:
 
 class Lab:
     def __init__(
-        self, hosts: Sequence[str], *, root: Path | None = None, prefix: str | None = None
+        self,
+        hosts: Sequence[str],
+        *,
+        root: Path | None = None,
+        prefix: str | None = None,
+        keep: bool = False,
     ) -> None:
         self.prefix = prefix or f"va{os.getpid() % 100000}{len(hosts)}"
         self.switch = f"{self.prefix}-sw"
+        self.owns_root = root is None
+        """A lab dir this lab made goes when it closes (as BgpLab's does), unless ``keep``
+        is set or the ``with`` block raised: then its logs stay for whoever looks into the
+        failure."""
+        self.keep = keep
         self.root = root or Path(tempfile.mkdtemp(prefix="vip-agent-lab-"))
         self.processes: list[subprocess.Popen[bytes]] = []
         self.hosts: dict[str, Host] = {}
@@ -161,7 +173,8 @@ class Lab:
     def __enter__(self) -> Lab:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.keep = self.keep or exc_type is not None
         self.close()
 
     def close(self) -> None:
@@ -181,6 +194,10 @@ class Lab:
         for host in self.hosts.values():
             ip("netns", "del", host.ns, check=False)
         ip("netns", "del", self.switch, check=False)
+        if self.owns_root and not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif self.owns_root:
+            print(f"lab: logs kept in {self.root}", file=sys.stderr)
 
 
 def agent_config(host: Host, **settings: Any) -> Path:

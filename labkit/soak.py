@@ -1119,6 +1119,7 @@ def run(duration_s: float, seed: int, *, say: Callable[[str], None] | None = Non
             soak.finish()
         finally:
             soak.close()
+            lab.keep = lab.keep or bool(soak.results.violations)  # their logs
     left = _namespaces_left(prefix)
     if left:
         soak.violation("4", time.time(), f"namespaces left after the lab closed: {left}")

@@ -92,12 +92,14 @@ def report(
 
 
 @pytest.fixture
-def pair(lab_ready: None) -> Iterator[Lab]:
+def pair(lab_ready: None, request: pytest.FixtureRequest) -> Iterator[Lab]:
     """Two nodes running ``vip-agent run`` in static mode with the control-plane VIP
-    (192.0.2.10) and both as apiserver backends; yields once one of them holds the VIP."""
+    (192.0.2.10) and both as apiserver backends; yields once one of them holds the VIP.
+    The lab's logs are kept when the test failed."""
     from labkit.netlab import Lab, agent_config, start_agent, wait_for
 
     vip = "192.0.2.10"
+    failed_before = request.session.testsfailed
     with Lab(["n1", "n2"]) as lab:
         for host in lab.hosts.values():
             config = agent_config(
@@ -109,6 +111,7 @@ def pair(lab_ready: None) -> Iterator[Lab]:
             start_agent(host, config)
         wait_for(lambda: any(h.has(vip) for h in lab.hosts.values()), timeout=15, what="a master")
         yield lab
+        lab.keep = lab.keep or request.session.testsfailed > failed_before
 
 
 TIERS = ("unit", "functional", "lab", "guest", "kube", "node", "shipping")

@@ -181,3 +181,19 @@ def test_killed_vrrp_child_releases_the_vip_before_the_peer_takes_it(pair: Lab) 
     assert no_holder < 1.0
     for host in killed_on:
         assert "releasing this node's VIPs now" in (host.dir / "agent.log").read_text()
+
+
+def test_a_lab_takes_its_directory_with_it_unless_it_failed(lab_ready: None) -> None:
+    """Labs are made by the hundred in a CI run: a clean one leaves nothing in /tmp, a
+    failed one leaves its logs."""
+    with Lab(["n1"]) as lab:
+        clean = lab.root
+        assert clean.is_dir()
+    assert not clean.exists()
+    with pytest.raises(RuntimeError, match="a failing test"), Lab(["n1"]) as lab:
+        failed = lab.root
+        raise RuntimeError("a failing test")
+    try:
+        assert (failed / "n1").is_dir(), "the failed lab's host directories stay"
+    finally:
+        shutil.rmtree(failed, ignore_errors=True)
