@@ -399,10 +399,12 @@ def plan_for(
 
 def replay(
     request: VipRequest, plan: ForwardPlan, *, taken: set[Slot], out: Forwarding, rej: Rejections
-) -> None:
-    """Claim the VIP:port slots of ``plan`` that are still free, first come first served."""
+) -> list[ProxyListener]:
+    """Claim the VIP:port slots of ``plan`` that are still free, first come first served;
+    the listeners claimed, in port order."""
     rej.items.extend(plan.rejections)
     has_local = False
+    claimed: list[ProxyListener] = []
     for port in plan.ports:
         if port.slot in taken:
             rej.add(
@@ -423,7 +425,9 @@ def replay(
         taken.add(port.slot)
         if port.listener is not None:
             out.listeners[port.slot[0], port.slot[1], port.slot[3]] = port.listener
+            claimed.append(port.listener)
         if port.virtual_server is not None:
             out.virtual_servers[port.slot] = port.virtual_server
     if plan.local:
         out.local_vips[request.vip] = out.local_vips.get(request.vip, False) or has_local
+    return claimed

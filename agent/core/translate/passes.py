@@ -357,13 +357,7 @@ class PlanMemo:
             )
             if plan is None:
                 continue
-            replay(request, plan, taken=taken, out=out, rej=rej)
-            mine = [
-                p.listener
-                for p in plan.ports
-                if p.listener is not None
-                and out.listeners.get((p.slot[0], p.slot[1], p.slot[3])) is p.listener
-            ]
+            mine = replay(request, plan, taken=taken, out=out, rej=rej)
             if mine:
                 claimed.append((request, mine))
         servers, listeners = out.virtual_servers, out.listeners

@@ -109,7 +109,6 @@ def configmap_requests(
     if not isinstance(data, Mapping):
         site.add(Reason.BAD_ENTRY, key="data", reason="not a mapping")
         return []
-    last = memo if memo is not None else {}
     seen: EntryMemo = {}
     out: list[VipRequest] = []
     for key in sorted(data, key=str):
@@ -120,7 +119,7 @@ def configmap_requests(
         if memo is None or not isinstance(value, str):
             request = _configmap_request(key, value, ref=ref, site=site)
         else:
-            entry = last.get((ref, key, value))
+            entry = memo.get((ref, key, value))
             if entry is None:
                 own = Rejections()
                 found = _configmap_request(key, value, ref=ref, site=own.on("ConfigMap", ref))
