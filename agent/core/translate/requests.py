@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.core import grammar
 from agent.core.model import IPAddress, Method, Reason, Rejection, ServiceVips
@@ -31,8 +31,9 @@ ANNOTATION_SHARED_METALLB = "metallb.universe.tf/allow-shared-ip"
 LOAD_BALANCER_CLASS = "vip-agent.io/vip-agent"
 
 
-@dataclass(frozen=True)
-class VipRequest:
+class VipRequest(NamedTuple):
+    """One VIP an object asks for (a tuple, as the model's per-Service records are)."""
+
     vip: IPAddress
     service: Key | None
     """The Service whose endpoints serve the VIP (None: held without virtual servers)."""
