@@ -31,7 +31,6 @@ kube-apiserver build (scripts/build-kube-apiserver) and etcd.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import ipaddress
 import json
 import os
@@ -218,7 +217,7 @@ def as_v1beta1(slice_obj: dict[str, Any]) -> dict[str, Any]:
 def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
     """``cluster(n)`` created in a real kube-apiserver 1.20, as kubectl prints it back."""
     from agent.sources.kube import KubeApi
-    from labkit.apiserver import ApiServer, kube_dir
+    from labkit.apiserver import ApiServer, kube_dir, post_all, wait_until
 
     items = cluster(n)["items"]
     assert isinstance(items, list)
@@ -229,25 +228,12 @@ def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
         api = KubeApi(server.api_client())
         api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "bench"}})
         # the API server makes kube-system itself, a moment after it is ready
-        while not _exists(api, "/api/v1/namespaces/kube-system"):
-            if time.monotonic() > deadline:
-                raise SystemExit("kube-system never appeared")
-            time.sleep(0.2)
-
-        def create(obj: dict[str, Any]) -> None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("loading the cluster took too long")
-            kind, meta = obj["kind"], obj["metadata"]
-            where = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
-            if kind == "EndpointSlice":
-                path = f"/apis/discovery.k8s.io/v1beta1{where}/endpointslices"
-                api.request("POST", path, body=as_v1beta1(obj))
-            else:
-                api.request("POST", f"/api/v1{where}/{PLURALS[kind]}", body=obj)
-
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(create, o) for o in items]):
-                future.result()
+        wait_until(
+            lambda: _exists(api, "/api/v1/namespaces/kube-system"),
+            timeout=max(1.0, deadline - time.monotonic()),
+            what="namespace kube-system",
+        )
+        post_all(api, [[_post(obj)] for obj in items], deadline=deadline)
         kubeconfig = server.kubeconfig(Path(tmp) / "kubeconfig")
         printed = subprocess.run(
             [
@@ -262,6 +248,15 @@ def kubectl_listing(n: int, deadline: float) -> dict[str, Any]:
     for item in listing["items"]:
         item["metadata"].pop("managedFields", None)
     return listing
+
+
+def _post(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Where ``obj`` of ``cluster`` is created in kube-apiserver 1.20, and the body."""
+    kind, meta = obj["kind"], obj["metadata"]
+    where = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
+    if kind == "EndpointSlice":
+        return f"/apis/discovery.k8s.io/v1beta1{where}/endpointslices", as_v1beta1(obj)
+    return f"/api/v1{where}/{PLURALS[kind]}", obj
 
 
 def _exists(api: Any, path: str) -> bool:

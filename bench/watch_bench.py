@@ -332,20 +332,19 @@ class Child:
 
 def load(api: Any, start: int, stop: int, deadline: float, workers: int = 8) -> float:
     """Create Services and Endpoints start..stop-1 concurrently; seconds taken."""
+    from labkit.apiserver import post_all
+
     began = time.monotonic()
-
-    def make(i: int) -> None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("loading took too long")
-        base = f"/api/v1/namespaces/{NAMESPACE}"
-        api.request("POST", f"{base}/services", body=service(i))
-        api.request("POST", f"{base}/endpoints", body=endpoints(i))
-
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for future in concurrent.futures.as_completed(
-            [pool.submit(make, i) for i in range(start, stop)]
-        ):
-            future.result()
+    base = f"/api/v1/namespaces/{NAMESPACE}"
+    post_all(
+        api,
+        [
+            ((f"{base}/services", service(i)), (f"{base}/endpoints", endpoints(i)))
+            for i in range(start, stop)
+        ],
+        deadline=deadline,
+        workers=workers,
+    )
     return time.monotonic() - began
 
 

@@ -390,7 +390,7 @@ class KubeNode:
             if lease.returncode != 0:
                 return False
             renewed = json.loads(lease.stdout).get("spec", {}).get("renewTime")
-            if not renewed or _timestamp(renewed) < since:
+            if not renewed or timestamp(renewed) < since:
                 return False
             node = self.kubectl("get", "node", self.name, "-o", "json", check=False, timeout=10)
             if node.returncode != 0:
@@ -1044,9 +1044,9 @@ def _condition(obj: Mapping[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
 
 
-def _timestamp(rfc3339: str) -> float:
-    """A Kubernetes timestamp (``2006-01-02T15:04:05Z``, fractions allowed) as
-    ``time.time()`` seconds."""
+def timestamp(rfc3339: str) -> float:
+    """A Kubernetes or containerd timestamp (``2006-01-02T15:04:05Z``, fractions allowed,
+    to the microsecond) as ``time.time()`` seconds."""
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 

@@ -19,7 +19,6 @@ longest outage during a rolling update, the time to release and take back the VI
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import re
@@ -37,7 +36,7 @@ import pytest
 import yaml
 
 from labkit.apiserver import wait_until
-from labkit.kubenode import CONTROL_PLANE_VIP, KubeNode
+from labkit.kubenode import CONTROL_PLANE_VIP, KubeNode, timestamp
 from tests.conftest import ROOT
 from tests.node.test_node_harness import httpd_pod
 
@@ -365,15 +364,8 @@ def container_stop(node: KubeNode, container_id: str) -> Stopped:
         pattern = rf'time="([^"]+)" level=info msg="StopContainer for \\"{cid}\\" {tail}'
         found = re.search(pattern, text)
         assert found, f"containerd logged no {label} StopContainer for {cid}"
-        marks[label] = _rfc3339(found.group(1))
+        marks[label] = timestamp(found.group(1))  # RFC 3339, in nanoseconds
     return Stopped(cid, marks["done"] - marks["sent"])
-
-
-def _rfc3339(stamp: str) -> float:
-    """containerd's nanosecond UTC time stamps, as seconds since the epoch."""
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    when = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC)
-    return when.timestamp() + float(f"0.{fraction or 0}")
 
 
 def timeline(steps: dict[str, float]) -> str:
